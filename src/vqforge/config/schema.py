@@ -1,0 +1,347 @@
+"""The one internal config schema. Native YAML/JSON files write it directly; the seed and taming readers map into it.
+
+Each section is a small dataclass that validates its own ranges (`check`); `Config.check` validates what spans
+sections. Field comments are the user-facing documentation of each knob (README links here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..errors import ConfigError
+from .parse import require
+
+Family = Literal["taming", "vqvae2"]
+Variant = Literal["VQModel", "EMAVQ", "GumbelVQ"]
+
+# model_type aliases from the user's seed format -> family
+FAMILY_ALIASES: dict[str, Family] = {
+    "taming": "taming",
+    "TamingVQGAN": "taming",
+    "taming_vqgan": "taming",
+    "VQGAN": "taming",
+    "vqgan": "taming",
+    "EMAVQ": "taming",
+    "emavq": "taming",
+    "vqvae2": "vqvae2",
+    "VQVAE2": "vqvae2",
+}
+VARIANTS_BY_FAMILY: dict[str, tuple[str, ...]] = {"taming": ("VQModel", "EMAVQ", "GumbelVQ"), "vqvae2": ()}
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
+@dataclass
+class DDConfig:
+    """taming-transformers Encoder/Decoder settings (same names and defaults as taming's configs)."""
+
+    ch: int = 128
+    out_ch: int = 3
+    ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
+    num_res_blocks: int = 2
+    attn_resolutions: list[int] = field(default_factory=lambda: [16])
+    dropout: float = 0.0
+    resamp_with_conv: bool = True
+    in_channels: int = 3
+    resolution: int = 256
+    z_channels: int = 256
+    double_z: bool = False
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def attention_resolutions_in_use(self) -> list[int]:
+        return [self.resolution // 2**i for i in range(len(self.ch_mult))]
+
+    def check(self, path: str) -> None:
+        p = path or "ddconfig"
+        require(self.ch > 0, f"{p}.ch", f"must be positive, got {self.ch}", "set ch to e.g. 128")
+        require(len(self.ch_mult) > 0, f"{p}.ch_mult", "is empty", "give at least one multiplier, e.g. [1, 1, 2, 2, 4]")
+        require(all(m > 0 for m in self.ch_mult), f"{p}.ch_mult", f"entries must be positive, got {self.ch_mult}",
+                "use positive multipliers")
+        require(self.num_res_blocks >= 1, f"{p}.num_res_blocks", f"must be >= 1, got {self.num_res_blocks}",
+                "set num_res_blocks to 1 or more")
+        require(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"must be in [0, 1), got {self.dropout}", "use e.g. 0.0")
+        require(self.in_channels > 0, f"{p}.in_channels", "must be positive", "set in_channels to 3 for RGB")
+        require(self.out_ch > 0, f"{p}.out_ch", "must be positive", "set out_ch to 3 for RGB")
+        require(self.z_channels > 0, f"{p}.z_channels", "must be positive", "set z_channels to e.g. 256")
+        f = self.downsample_factor
+        require(self.resolution > 0 and self.resolution % f == 0, f"{p}.resolution",
+                f"{self.resolution} is not divisible by the downsampling factor {f} (2^(len(ch_mult)-1))",
+                f"use a resolution that is a multiple of {f}, or fewer ch_mult entries")
+        used = self.attention_resolutions_in_use()
+        bad = [r for r in self.attn_resolutions if r not in used]
+        require(not bad, f"{p}.attn_resolutions", f"{bad} never occur: this encoder works at resolutions {used}",
+                f"pick attention resolutions from {used}, or [] for none")
+
+
+@dataclass
+class QuantizerConfig:
+    """Quantizer settings. Which fields apply depends on model.variant (unused ones are warned about)."""
+
+    beta: float = 0.25  # commitment weight (VQModel, EMAVQ, residual)
+    legacy: bool = True  # taming's placement of beta (on the codebook term instead of the commitment term)
+    decay: float = 0.99  # EMA codebook decay (EMAVQ, VQ-VAE-2)
+    eps: float = 1.0e-5  # EMA Laplace smoothing epsilon
+    # Gumbel-softmax (GumbelVQ)
+    kl_weight: float = 5.0e-4
+    straight_through: bool = True
+    temperature_start: float = 1.0
+    temperature_end: float = 0.0625
+    temperature_anneal_steps: int = 0  # 0: constant temperature_start
+    temperature_schedule: Literal["cosine", "linear", "exponential"] = "cosine"
+    # residual VQ: depth D (1 = plain VQ), one codebook shared by all levels or one per level
+    rvq_levels: int = 1
+    shared_codebook: bool = False
+    # codebook maintenance (VQModel, EMAVQ; off by default for taming equivalence)
+    kmeans_init: bool = False
+    kmeans_iters: int = 10
+    kmeans_batches: int = 1  # how many first training batches feed the k-means initialisation
+    restart_unused_steps: int = 0  # restart codes unused for this many steps with recent encoder outputs; 0 = off
+
+    def check(self, path: str) -> None:
+        p = path or "quantizer"
+        require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}", "use e.g. 0.25")
+        require(0.0 < self.decay < 1.0, f"{p}.decay", f"must be in (0, 1), got {self.decay}", "use e.g. 0.99")
+        require(self.eps > 0, f"{p}.eps", f"must be > 0, got {self.eps}", "use e.g. 1e-5")
+        require(self.kl_weight >= 0, f"{p}.kl_weight", "must be >= 0", "use e.g. 5e-4")
+        require(self.temperature_start > 0 and self.temperature_end > 0, f"{p}.temperature_start",
+                "temperatures must be > 0", "use e.g. temperature_start 1.0 and temperature_end 0.0625")
+        require(self.temperature_anneal_steps >= 0, f"{p}.temperature_anneal_steps", "must be >= 0", "use 0 for constant")
+        require(self.rvq_levels >= 1, f"{p}.rvq_levels", f"must be >= 1, got {self.rvq_levels}", "use 1 for plain VQ")
+        require(self.kmeans_iters >= 1, f"{p}.kmeans_iters", "must be >= 1", "use e.g. 10")
+        require(self.kmeans_batches >= 1, f"{p}.kmeans_batches", "must be >= 1", "use e.g. 1")
+        require(self.restart_unused_steps >= 0, f"{p}.restart_unused_steps", "must be >= 0", "use 0 to disable")
+
+
+@dataclass
+class VQVAE2Config:
+    """Hierarchical VQ-VAE-2 (Razavi et al. 2019), with the user's parameter names."""
+
+    in_channels: int = 3
+    hidden_channels: int = 128
+    res_channels: int = 32
+    nb_res_layers: int = 2
+    nb_levels: int = 2
+    embed_dim: int = 64
+    nb_entries: int = 512
+    scaling_rates: list[int] = field(default_factory=lambda: [4, 2])
+
+    def check(self, path: str) -> None:
+        p = path or "vqvae2"
+        for name in ("in_channels", "hidden_channels", "res_channels", "embed_dim"):
+            require(getattr(self, name) > 0, f"{p}.{name}", "must be positive", f"set {name} to a positive integer")
+        require(self.nb_res_layers >= 0, f"{p}.nb_res_layers", "must be >= 0", "use e.g. 2")
+        require(self.nb_levels >= 1, f"{p}.nb_levels", f"must be >= 1, got {self.nb_levels}", "use e.g. 2")
+        require(self.nb_entries >= 2, f"{p}.nb_entries", f"must be >= 2, got {self.nb_entries}", "use e.g. 512")
+        require(len(self.scaling_rates) == self.nb_levels, f"{p}.scaling_rates",
+                f"has {len(self.scaling_rates)} entries but nb_levels is {self.nb_levels}",
+                "give one scaling rate per level (coarsest level last), or change nb_levels")
+        bad = [r for r in self.scaling_rates if not _power_of_two(r) or r < 2]
+        require(not bad, f"{p}.scaling_rates", f"{bad} are not powers of two >= 2", "use rates such as 2, 4 or 8")
+
+    @property
+    def total_downsample(self) -> int:
+        out = 1
+        for r in self.scaling_rates:
+            out *= r
+        return out
+
+
+@dataclass
+class ModelConfig:
+    family: Family = "taming"  # taming (VQGAN family) or vqvae2; seed model_type aliases map here
+    variant: Variant | None = "VQModel"  # taming family only
+    n_embed: int = 1024  # codebook size K (taming family)
+    embed_dim: int = 256  # code dimension (taming family)
+    ddconfig: DDConfig = field(default_factory=DDConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    vqvae2: VQVAE2Config = field(default_factory=VQVAE2Config)
+    init_from: str | None = None  # weights to start from: an exported dir, a vqforge checkpoint or a taming .ckpt
+
+    def check(self, path: str) -> None:
+        p = path or "model"
+        require(self.n_embed >= 2, f"{p}.n_embed", f"must be >= 2, got {self.n_embed}", "use a codebook size such as 1024")
+        require(self.embed_dim >= 1, f"{p}.embed_dim", f"must be >= 1, got {self.embed_dim}", "use e.g. 256")
+        allowed = VARIANTS_BY_FAMILY[self.family]
+        if self.family == "vqvae2" and self.variant is not None:
+            raise ConfigError(
+                f"{p}.variant",
+                f"{self.variant!r} is a taming-family variant, but the model family is 'vqvae2'",
+                "for a taming VQGAN set model_type to 'TamingVQGAN' (native: model.family: taming); "
+                "for VQ-VAE-2 remove model_variant",
+            )
+        if self.family == "taming":
+            require(self.variant in allowed, f"{p}.variant", f"{self.variant!r} is not a taming variant",
+                    f"use one of {list(allowed)}")
+            require(not (self.variant == "GumbelVQ" and self.quantizer.rvq_levels > 1), f"{p}.quantizer.rvq_levels",
+                    "residual quantization is not available with GumbelVQ", "use variant VQModel or EMAVQ, or rvq_levels: 1")
+
+
+@dataclass
+class LossConfig:
+    pixel_loss: Literal["l1", "l2"] = "l1"
+    pixelloss_weight: float = 1.0  # applied (taming stores it but ignores it)
+    perceptual_weight: float = 1.0  # LPIPS-VGG; needs VGG16 ImageNet weights (see vgg_path)
+    vgg_path: str | None = None  # vgg16-397923af.pth; else $VQFORGE_VGG16 or the torch hub cache
+    codebook_weight: float = 1.0
+    use_gan: bool = False  # false: no discriminator is built at all
+    disc_loss: Literal["hinge", "vanilla"] = "hinge"
+    disc_start: int = 0  # generator step from which the adversarial term has weight disc_factor
+    disc_factor: float = 1.0
+    disc_weight: float = 1.0  # multiplies the adaptive weight
+    disc_num_layers: int = 3
+    disc_ndf: int = 64
+    disc_in_channels: int = 3
+    disc_norm: Literal["batch", "act"] = "batch"  # BatchNorm or ActNorm (taming's use_actnorm)
+
+    def check(self, path: str) -> None:
+        p = path or "loss"
+        for name in ("pixelloss_weight", "perceptual_weight", "codebook_weight", "disc_factor", "disc_weight"):
+            require(getattr(self, name) >= 0, f"{p}.{name}", f"must be >= 0, got {getattr(self, name)}", "use 0 to turn the term off")
+        require(self.disc_start >= 0, f"{p}.disc_start", "must be >= 0", "use 0 to start at once")
+        require(self.disc_num_layers >= 1, f"{p}.disc_num_layers", "must be >= 1", "use e.g. 3")
+        require(self.disc_ndf >= 1, f"{p}.disc_ndf", "must be >= 1", "use e.g. 64")
+        require(self.disc_in_channels >= 1, f"{p}.disc_in_channels", "must be >= 1", "use 3 for RGB")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["files", "sample_photos"] = "files"  # sample_photos: scikit-image's bundled photos
+    train: list[str] = field(default_factory=list)  # files, directories (recursive) or glob patterns
+    val: list[str] = field(default_factory=list)
+    use_images: bool = False  # group random images into pseudo-videos of sequence_length frames
+    sequence_length: int = 1  # frames per sample (D); images: 1
+    frame_stride: int = 1
+    resolution: int = 256  # crop size
+    resize: int | None = None  # shorter side before cropping; null = resolution
+    random_crop: bool = True  # training crops (validation always center-crops)
+    hflip: bool = False  # random horizontal flip for training
+    batch_size: int = 4  # per process
+    val_batch_size: int | None = None  # null = batch_size
+    num_workers: int = 0
+    shuffle: bool = True
+    max_val_samples: int | None = None
+
+    def check(self, path: str) -> None:
+        p = path or "data"
+        require(self.sequence_length >= 1, f"{p}.sequence_length", "must be >= 1", "use 1 for single images")
+        require(self.frame_stride >= 1, f"{p}.frame_stride", "must be >= 1", "use 1 for consecutive frames")
+        require(self.resolution >= 8, f"{p}.resolution", f"must be >= 8, got {self.resolution}", "use e.g. 256")
+        require(self.resize is None or self.resize >= self.resolution, f"{p}.resize",
+                f"{self.resize} is smaller than the crop size {self.resolution}", "use resize >= resolution or null")
+        require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1", "use e.g. 4")
+        require(self.val_batch_size is None or self.val_batch_size >= 1, f"{p}.val_batch_size", "must be >= 1", "use null")
+        require(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0", "use 0 to load in the main process")
+        require(self.max_val_samples is None or self.max_val_samples >= 1, f"{p}.max_val_samples", "must be >= 1", "use null for all")
+        if self.source == "files":
+            require(bool(self.train), f"{p}.train", "no training data given",
+                    "list image/video files, directories or globs, or set data.source: sample_photos")
+
+
+@dataclass
+class TrainConfig:
+    num_steps: int = 1000  # generator (optimizer) steps
+    lr: float = 1.0e-4
+    base_learning_rate: float | None = None  # taming rule: lr = base × batch × world size × grad_accum_steps
+    optimizer: Literal["adam", "adamw"] = "adam"
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "exponential", "cosine"] = "constant"
+    lr_decay: float = 1.0  # exponential: lr × lr_decay every lr_decay_every steps
+    lr_decay_every: int = 1000
+    warmup_steps: int = 0  # linear warm-up (cosine schedule)
+    min_lr: float = 0.0  # cosine floor
+    disc_lr: float | None = None  # null = lr
+    disc_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    disc_update_every: int = 1  # discriminator step every N generator steps (seed format default 3)
+    disc_warmup_steps: int = 0  # discriminator starts at disc_start - disc_warmup_steps
+    grad_accum_steps: int = 1
+    grad_clip: float | None = None  # max grad norm; null = off
+    precision: Literal["fp32", "bf16"] = "fp32"
+    ema_decay: float | None = None  # weight EMA of the tokenizer; null = off
+    max_bad_steps: int = 10  # consecutive non-finite steps before training stops
+    save_interval: int = 1000
+    keep_last: int = 3
+    validation_interval: int = 500
+    val_max_batches: int | None = None
+    best_metric: Literal["psnr", "rec_loss", "ssim", "lpips", "rfid"] = "psnr"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str | None = None  # run directory; the CLI's --out wins
+    dist_timeout_s: int = 600
+
+    def check(self, path: str) -> None:
+        p = path or "train"
+        require(self.num_steps >= 1, f"{p}.num_steps", "must be >= 1", "use e.g. 1000")
+        require(self.lr > 0, f"{p}.lr", f"must be > 0, got {self.lr}", "use e.g. 1e-4")
+        require(self.base_learning_rate is None or self.base_learning_rate > 0, f"{p}.base_learning_rate", "must be > 0", "use e.g. 4.5e-6")
+        for name in ("betas", "disc_betas"):
+            b = getattr(self, name)
+            require(len(b) == 2 and all(0 <= x < 1 for x in b), f"{p}.{name}", f"must be two numbers in [0, 1), got {b}",
+                    "use e.g. [0.5, 0.9]")
+        require(self.weight_decay >= 0, f"{p}.weight_decay", "must be >= 0", "use 0")
+        require(0 < self.lr_decay <= 1, f"{p}.lr_decay", f"must be in (0, 1], got {self.lr_decay}", "use e.g. 0.99, or 1 for none")
+        require(self.lr_decay_every >= 1, f"{p}.lr_decay_every", "must be >= 1", "use e.g. 1000")
+        require(self.warmup_steps >= 0, f"{p}.warmup_steps", "must be >= 0", "use 0")
+        require(self.min_lr >= 0, f"{p}.min_lr", "must be >= 0", "use 0")
+        require(self.disc_lr is None or self.disc_lr > 0, f"{p}.disc_lr", "must be > 0", "use null to follow lr")
+        require(self.disc_update_every >= 1, f"{p}.disc_update_every", "must be >= 1", "use 1 to step every time")
+        require(self.disc_warmup_steps >= 0, f"{p}.disc_warmup_steps", "must be >= 0", "use 0")
+        require(self.grad_accum_steps >= 1, f"{p}.grad_accum_steps", "must be >= 1", "use 1")
+        require(self.grad_clip is None or self.grad_clip > 0, f"{p}.grad_clip", "must be > 0", "use null to disable")
+        require(self.ema_decay is None or 0 < self.ema_decay < 1, f"{p}.ema_decay", "must be in (0, 1)", "use e.g. 0.999 or null")
+        require(self.max_bad_steps >= 1, f"{p}.max_bad_steps", "must be >= 1", "use e.g. 10")
+        require(self.save_interval >= 1, f"{p}.save_interval", "must be >= 1", "use e.g. 1000")
+        require(self.keep_last >= 1, f"{p}.keep_last", "must be >= 1", "use e.g. 3")
+        require(self.validation_interval >= 1, f"{p}.validation_interval", "must be >= 1", "use e.g. 500")
+        require(self.val_max_batches is None or self.val_max_batches >= 1, f"{p}.val_max_batches", "must be >= 1", "use null")
+        dev_ok = self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        require(dev_ok, f"{p}.device", f"{self.device!r} is not a device", "use auto, cpu, cuda or cuda:N")
+        require(self.dist_timeout_s >= 1, f"{p}.dist_timeout_s", "must be >= 1", "use e.g. 600")
+
+
+@dataclass
+class LogConfig:
+    every: int = 10  # steps between log lines / scalars
+    image_every: int | None = None  # reconstruction grids; null = at each validation
+    tensorboard: bool = True
+    wandb: bool = False  # needs `pip install wandb`
+    project: str = "vqforge"  # wandb project
+    progress: bool = True  # progress bar
+
+    def check(self, path: str) -> None:
+        p = path or "log"
+        require(self.every >= 1, f"{p}.every", "must be >= 1", "use e.g. 10")
+        require(self.image_every is None or self.image_every >= 1, f"{p}.image_every", "must be >= 1", "use null")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    # dotted paths the user (or a reader on the user's behalf) set explicitly; not part of the config itself
+    _explicit: set[str] = field(default_factory=set, repr=False, compare=False)
+    _format: str = field(default="native", repr=False, compare=False)
+
+    def check(self, path: str = "") -> None:
+        if self.model.family == "vqvae2":
+            total = self.model.vqvae2.total_downsample
+            require(self.data.resolution % total == 0, "data.resolution",
+                    f"{self.data.resolution} cannot be divided by the product of scaling_rates ({total})",
+                    f"use a resolution that is a multiple of {total}, or smaller scaling_rates")
+        else:
+            f = self.model.ddconfig.downsample_factor
+            require(self.data.resolution % f == 0, "data.resolution",
+                    f"{self.data.resolution} is not divisible by the model's downsampling factor {f}",
+                    f"use a crop resolution that is a multiple of {f}")
+        require(self.loss.disc_in_channels == self.model.ddconfig.out_ch or self.model.family != "taming" or not self.loss.use_gan,
+                "loss.disc_in_channels", f"is {self.loss.disc_in_channels} but the model outputs {self.model.ddconfig.out_ch} channels",
+                "set disc_in_channels to ddconfig.out_ch")
