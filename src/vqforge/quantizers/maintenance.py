@@ -1,0 +1,213 @@
+"""Codebook maintenance for nearest-neighbour quantizers (VQ and EMA): k-means initialisation and dead-code restarts.
+
+Both features are off by default. Their state (the k-means "done" flag, the per-code steps-since-used counters) is
+registered as buffers only when the feature is on, so a quantizer with maintenance off has exactly
+taming-transformers' state-dict keys and loads its checkpoints strictly.
+
+Randomness (k-means seeding, restart samples) is drawn from the global CPU torch generator, so it follows the run
+seed and does not depend on the device. Under DDP every rank runs the same computation (keeping the ranks' RNG
+streams in step) and then rank 0's result is broadcast, so the codebook stays identical on every rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from .. import distributed
+
+if TYPE_CHECKING:
+    from ..config.schema import QuantizerConfig
+
+# rows per chunk when building (chunk, K) one-hot or distance matrices, to bound memory on large batches
+_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class MaintenanceConfig:
+    """Which maintenance a quantizer runs (the `kmeans_*` and `restart_unused_steps` fields of QuantizerConfig)."""
+
+    kmeans_init: bool = False
+    kmeans_iters: int = 10
+    kmeans_batches: int = 1  # the first this-many training forwards feed the k-means initialisation
+    restart_unused_steps: int = 0  # restart codes unused for this many training forwards; 0 = off
+
+    @property
+    def enabled(self) -> bool:
+        return self.kmeans_init or self.restart_unused_steps > 0
+
+    @classmethod
+    def from_config(cls, cfg: QuantizerConfig) -> MaintenanceConfig:
+        return cls(
+            kmeans_init=cfg.kmeans_init,
+            kmeans_iters=cfg.kmeans_iters,
+            kmeans_batches=cfg.kmeans_batches,
+            restart_unused_steps=cfg.restart_unused_steps,
+        )
+
+
+def _chunk_rows(num_codes: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(num_codes, 1))
+
+
+def squared_distances(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N, C), (K, C) -> (N, K) squared distances ||z||² + ||e||² − 2 z·e (taming-transformers' formula, op order)."""
+    return (
+        torch.sum(z_flat**2, dim=1, keepdim=True)
+        + torch.sum(codebook**2, dim=1)
+        - 2 * torch.einsum("bd,dn->bn", z_flat, codebook.t())
+    )
+
+
+def nearest_code(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook row for each row of `z_flat`: (N, C), (K, C) -> (N,) int64.
+
+    Always float32 with autocast off (bf16 distances pick wrong codes). Ties go to the lowest index (torch.argmin),
+    as in taming-transformers. Large batches are processed in row chunks so the (N, K) matrix stays bounded.
+    """
+    with torch.no_grad(), torch.autocast(device_type=z_flat.device.type, enabled=False):
+        z = z_flat.float()
+        e = codebook.float()
+        rows = _chunk_rows(e.shape[0])
+        if z.shape[0] <= rows:
+            return torch.argmin(squared_distances(z, e), dim=1)
+        return torch.cat([torch.argmin(squared_distances(c, e), dim=1) for c in z.split(rows)])
+
+
+def code_counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """(N,) int64 -> (K,) float32 number of rows assigned to each code."""
+    return torch.bincount(indices.reshape(-1), minlength=num_codes).float()
+
+
+def code_sums(indices: torch.Tensor, z_flat: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """Σ of the rows of `z_flat` assigned to each code, i.e. onehotᵀ z: (N,), (N, C) -> (K, C) float32.
+
+    A one-hot matmul (chunked) rather than index_add_, because it is deterministic on GPUs.
+    """
+    z = z_flat.detach().float()
+    out = torch.zeros(num_codes, z.shape[1], device=z.device, dtype=torch.float32)
+    rows = _chunk_rows(num_codes)
+    for idx, zc in zip(indices.split(rows), z.split(rows)):
+        onehot = nn.functional.one_hot(idx, num_codes).float()  # (n, K)
+        out += onehot.t() @ zc
+    return out
+
+
+def kmeans_plusplus(data: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is a data row drawn with probability
+    proportional to its squared distance from the nearest centre so far. (N, C) -> (K, C).
+
+    The K uniforms come from the global CPU torch generator up front and rows are picked by inverse CDF on the data's
+    device, so the result depends on the run seed only, not on the device, and needs no host sync per centre.
+    """
+    n = data.shape[0]
+    u = torch.rand(num_codes).to(data.device)  # (K,)
+    first = (u[:1] * n).long().clamp_max(n - 1)  # (1,)
+    centroids = data.new_empty(num_codes, data.shape[1])
+    centroids[0] = data[first][0]
+    d2 = ((data - centroids[0]) ** 2).sum(dim=1)  # (N,) squared distance to the nearest centre
+    for i in range(1, num_codes):
+        cdf = torch.cumsum(d2, dim=0)
+        # right=True skips rows of zero weight (already centres); if all weights are 0 the clamp picks the last row
+        pick = torch.searchsorted(cdf, u[i : i + 1] * cdf[-1], right=True).clamp_max(n - 1)  # (1,)
+        centroids[i] = data[pick][0]
+        d2 = torch.minimum(d2, ((data - centroids[i]) ** 2).sum(dim=1))
+    return centroids
+
+
+def kmeans(data: torch.Tensor, num_codes: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means++ seeding then `iters` Lloyd iterations on (N, C) data -> centroids (K, C), cluster sizes (K,).
+
+    Randomness comes from the global CPU torch generator (see kmeans_plusplus). A cluster that becomes empty keeps
+    its previous centroid.
+    """
+    with torch.no_grad(), torch.autocast(device_type=data.device.type, enabled=False):
+        data = data.detach().float()
+        centroids = kmeans_plusplus(data, num_codes)  # (K, C)
+        for _ in range(iters):
+            assign = nearest_code(data, centroids)
+            counts = code_counts(assign, num_codes)
+            sums = code_sums(assign, data, num_codes)
+            centroids = torch.where((counts > 0)[:, None], sums / counts.clamp_min(1.0)[:, None], centroids)
+        counts = code_counts(nearest_code(data, centroids), num_codes)
+    return centroids, counts
+
+
+@dataclass
+class CodeUpdate:
+    """New codebook rows chosen by maintenance: write `codes` into the rows selected by `mask` (None = all rows).
+
+    `counts` (same rows) is the number of vectors each new code stands for per batch; EMA codebooks use it to set
+    cluster_size/embed_avg consistently."""
+
+    codes: torch.Tensor  # (M, C)
+    mask: torch.Tensor | None  # (K,) bool, or None for the whole codebook
+    counts: torch.Tensor  # (M,)
+
+
+class CodebookMaintenance(nn.Module):
+    """Runs k-means initialisation and dead-code restarts for one codebook of K codes.
+
+    The owning quantizer calls `kmeans_step` before assigning codes in a training forward and `restart_step` after,
+    and writes the returned `CodeUpdate` into its codebook.
+    """
+
+    def __init__(self, num_codes: int, cfg: MaintenanceConfig):
+        super().__init__()
+        self.num_codes = num_codes
+        self.cfg = cfg
+        if cfg.kmeans_init:
+            self.register_buffer("kmeans_done", torch.zeros((), dtype=torch.bool))
+        if cfg.restart_unused_steps > 0:
+            self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))
+        # encoder outputs collected for k-means; not checkpointed: a run resumed before k-means ran collects again
+        self._collected: list[torch.Tensor] = []
+        self._kmeans_known_done = False  # host-side mirror of kmeans_done, avoids a device sync every step
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._kmeans_known_done = False
+        self._collected = []
+
+    def kmeans_step(self, z_flat: torch.Tensor) -> CodeUpdate | None:
+        """Collect (N, C) encoder outputs; on the kmeans_batches-th call return the k-means codebook (once per run)."""
+        if not self.cfg.kmeans_init or self._kmeans_known_done:
+            return None
+        if bool(self.kmeans_done):
+            self._kmeans_known_done = True
+            return None
+        self._collected.append(z_flat.detach().float())
+        if len(self._collected) < self.cfg.kmeans_batches:
+            return None
+        data = torch.cat(self._collected)
+        self._collected = []
+        centroids, counts = kmeans(data, self.num_codes, self.cfg.kmeans_iters)
+        # counts per batch, so an EMA codebook starts at its steady-state scale
+        counts = counts / self.cfg.kmeans_batches
+        distributed.broadcast(centroids)
+        distributed.broadcast(counts)
+        self.kmeans_done.fill_(True)
+        self._kmeans_known_done = True
+        return CodeUpdate(codes=centroids, mask=None, counts=counts)
+
+    def restart_step(self, counts: torch.Tensor, samples: torch.Tensor) -> CodeUpdate | None:
+        """Count steps since each code was used (counts (K,) of this step, summed over ranks here); codes unused for
+        `restart_unused_steps` steps get random rows of `samples` (N, C), this step's encoder outputs."""
+        steps = self.cfg.restart_unused_steps
+        if steps <= 0:
+            return None
+        used = distributed.all_reduce_sum(counts.detach().float().clone()) > 0
+        self.steps_unused.add_(1).masked_fill_(used, 0)
+        dead = self.steps_unused >= steps  # (K,)
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return None
+        n = samples.shape[0]
+        pick = torch.randperm(n)[:n_dead] if n >= n_dead else torch.randint(0, n, (n_dead,))
+        codes = samples.detach().float()[pick.to(samples.device)].clone()  # (n_dead, C)
+        distributed.broadcast(codes)
+        self.steps_unused.masked_fill_(dead, 0)
+        return CodeUpdate(codes=codes, mask=dead, counts=torch.ones(n_dead, device=codes.device))
