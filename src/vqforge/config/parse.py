@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -98,11 +99,20 @@ def convert(tp, value: Any, path: str, explicit: set[str]) -> Any:
             return int(value)
         raise ConfigError(path, f"expected an integer, got {value!r}", "write a whole number such as 100")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            number = value
         # YAML 1.1 reads `1e-5` (no dot) as a string; accept numeric strings for float fields.
-        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-            return float(value)
+        elif isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            number = value
+        if number is not None:
+            try:
+                f = float(number)
+            except OverflowError:
+                f = math.inf
+            if not math.isfinite(f):  # inf/nan pass most range checks and then poison training
+                raise ConfigError(path, f"expected a finite number, got {value!r}", "write a number such as 0.5 or 1.0e-4")
+            return f
         raise ConfigError(path, f"expected a number, got {value!r}", "write a number such as 0.5 or 1.0e-4")
     if tp is str:
         if isinstance(value, str):

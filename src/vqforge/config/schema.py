@@ -135,6 +135,8 @@ class VQVAE2Config:
         p = path or "vqvae2"
         for name in ("in_channels", "hidden_channels", "res_channels", "embed_dim"):
             require(getattr(self, name) > 0, f"{p}.{name}", "must be positive", f"set {name} to a positive integer")
+        require(self.hidden_channels >= 2, f"{p}.hidden_channels", f"must be >= 2, got {self.hidden_channels}",
+                "use e.g. 128 (the encoders halve it)")
         require(self.nb_res_layers >= 0, f"{p}.nb_res_layers", "must be >= 0", "use e.g. 2")
         require(self.nb_levels >= 1, f"{p}.nb_levels", f"must be >= 1, got {self.nb_levels}", "use e.g. 2")
         require(self.nb_entries >= 2, f"{p}.nb_entries", f"must be >= 2, got {self.nb_entries}", "use e.g. 512")
@@ -238,9 +240,11 @@ class DataConfig:
         require(self.val_batch_size is None or self.val_batch_size >= 1, f"{p}.val_batch_size", "must be >= 1", "use null")
         require(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0", "use 0 to load in the main process")
         require(self.max_val_samples is None or self.max_val_samples >= 1, f"{p}.max_val_samples", "must be >= 1", "use null for all")
-        if self.source == "files":
-            require(bool(self.train), f"{p}.train", "no training data given",
-                    "list image/video files, directories or globs, or set data.source: sample_photos")
+
+    def check_training_data(self, path: str = "data") -> None:
+        """Training needs data; evaluation, export and conversion of a config do not, so this is not in `check`."""
+        require(self.source != "files" or bool(self.train), f"{path}.train", "no training data given",
+                "list image/video files, directories or globs, or set data.source: sample_photos")
 
 
 @dataclass
@@ -342,6 +346,10 @@ class Config:
             require(self.data.resolution % f == 0, "data.resolution",
                     f"{self.data.resolution} is not divisible by the model's downsampling factor {f}",
                     f"use a crop resolution that is a multiple of {f}")
-        require(self.loss.disc_in_channels == self.model.ddconfig.out_ch or self.model.family != "taming" or not self.loss.use_gan,
-                "loss.disc_in_channels", f"is {self.loss.disc_in_channels} but the model outputs {self.model.ddconfig.out_ch} channels",
-                "set disc_in_channels to ddconfig.out_ch")
+        out_ch = self.model.ddconfig.out_ch if self.model.family == "taming" else self.model.vqvae2.in_channels
+        require(self.loss.disc_in_channels == out_ch or not self.loss.use_gan, "loss.disc_in_channels",
+                f"is {self.loss.disc_in_channels} but the model outputs {out_ch} channels",
+                "set loss.disc_in_channels to the model's output channels")
+        require(self.model.family != "vqvae2" or self.model.quantizer.rvq_levels == 1, "model.quantizer.rvq_levels",
+                "residual quantization is a taming-family option; VQ-VAE-2 has one codebook per level",
+                "remove rvq_levels, or use model.family: taming")
