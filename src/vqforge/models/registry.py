@@ -29,12 +29,7 @@ def register_model(name: str, aliases: tuple[str, ...] = ()):
 
 def _ensure_loaded() -> None:
     # importing the family modules runs their @register_model decorators
-    from . import taming  # noqa: F401
-
-    try:
-        from . import vqvae2  # noqa: F401
-    except ImportError:  # family not present in this build
-        pass
+    from . import taming, vqvae2  # noqa: F401
 
 
 def registered() -> list[str]:
