@@ -79,8 +79,7 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
         flag(["train.lr_decay", "train.lr_decay_every"],
              f"train.lr_schedule is {tr.lr_schedule!r}; lr_decay applies to the exponential schedule only")
     if tr.lr_schedule != "cosine":
-        flag(["train.warmup_steps", "train.min_lr"],
-             f"train.lr_schedule is {tr.lr_schedule!r}; warm-up and min_lr apply to the cosine schedule only")
+        flag(["train.min_lr"], f"train.lr_schedule is {tr.lr_schedule!r}; min_lr applies to the cosine schedule only")
 
     if data.source == "sample_photos":
         flag(["data.train", "data.val"], "data.source is sample_photos, which brings its own train/val split")

@@ -294,12 +294,20 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     return cfg
 
 
-def dump_yaml(cfg: Config) -> str:
-    """The resolved config as native YAML. `train.lr` is left out when base_learning_rate decides the rate."""
+def to_native_dict(cfg: Config) -> dict:
+    """The resolved config as a native dict that parses back to the same Config (what runs and exports store).
+
+    `train.lr` is left out when base_learning_rate decides the rate: writing both would read back as a conflict.
+    """
     d = to_dict(cfg)
-    if cfg.train.base_learning_rate is not None and cfg.train.lr == TrainConfig().lr:
-        del d["train"]["lr"]  # computed at run time (taming's rule); writing both would read back as a conflict
-    return yaml.dump(d, Dumper=_Dumper, sort_keys=False, width=120)
+    if cfg.train.base_learning_rate is not None:
+        del d["train"]["lr"]
+    return d
+
+
+def dump_yaml(cfg: Config) -> str:
+    """The resolved config as native YAML."""
+    return yaml.dump(to_native_dict(cfg), Dumper=_Dumper, sort_keys=False, width=120)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -317,4 +325,5 @@ _Dumper.add_representer(list, _represent_list)
 __all__ = [
     "ConfigWarning", "FORMATS", "detect_format", "dump_yaml", "format_warnings", "load_config",
     "load_config_with_warnings", "loads_yaml", "parse_config", "parse_config_with_warnings", "parse_override", "read_raw",
+    "to_native_dict",
 ]

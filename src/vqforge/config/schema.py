@@ -69,6 +69,10 @@ class DDConfig:
         require(self.in_channels > 0, f"{p}.in_channels", "must be positive", "set in_channels to 3 for RGB")
         require(self.out_ch > 0, f"{p}.out_ch", "must be positive", "set out_ch to 3 for RGB")
         require(self.z_channels > 0, f"{p}.z_channels", "must be positive", "set z_channels to e.g. 256")
+        widths = sorted({self.ch, *(self.ch * m for m in self.ch_mult)})
+        bad = [w for w in widths if w % 32]
+        require(not bad, f"{p}.ch", f"channel widths {bad} (ch × ch_mult) are not multiples of 32, the GroupNorm group count",
+                "use a ch that is a multiple of 32, e.g. 64 or 128")
         f = self.downsample_factor
         require(self.resolution > 0 and self.resolution % f == 0, f"{p}.resolution",
                 f"{self.resolution} is not divisible by the downsampling factor {f} (2^(len(ch_mult)-1))",
@@ -258,7 +262,7 @@ class TrainConfig:
     lr_schedule: Literal["constant", "exponential", "cosine"] = "constant"
     lr_decay: float = 1.0  # exponential: lr × lr_decay every lr_decay_every steps
     lr_decay_every: int = 1000
-    warmup_steps: int = 0  # linear warm-up (cosine schedule)
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr (every schedule)
     min_lr: float = 0.0  # cosine floor
     disc_lr: float | None = None  # null = lr
     disc_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
