@@ -99,7 +99,7 @@ def test_check_config_syntax_error(tmp_path, capsys):
 
 # -------------------------------------------------------------------------------------- every field via --set + dump
 
-BASE = {"model": {"ddconfig": {"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+BASE = {"model": {"ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
                                "resolution": 32, "z_channels": 8}},
         "data": {"train": ["imgs/"], "resolution": 32}}
 # fields whose new value needs a companion change to stay valid

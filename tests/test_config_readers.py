@@ -27,7 +27,7 @@ def seed(**over) -> dict:
         "model_type": "TamingVQGAN",
         "model_args": {
             "model_variant": "EMAVQ", "n_embed": 64, "embed_dim": 8,
-            "ddconfig": {"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+            "ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
                          "resolution": 32, "z_channels": 8},
             "lossconfig": {"target": USER_LOSS, "params": {"disc_start": 100, "disc_weight": 0.8}},
         },
@@ -41,7 +41,7 @@ def seed(**over) -> dict:
 def taming(**params_over) -> dict:
     params = {
         "embed_dim": 8, "n_embed": 64,
-        "ddconfig": {"double_z": False, "z_channels": 8, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 16,
+        "ddconfig": {"double_z": False, "z_channels": 8, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
                      "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [16], "dropout": 0.0},
         "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
                        "params": {"disc_conditional": False, "disc_in_channels": 3, "disc_start": 50,
@@ -53,7 +53,7 @@ def taming(**params_over) -> dict:
 
 
 def native(**over) -> dict:
-    raw = {"model": {"ddconfig": {"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+    raw = {"model": {"ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
                                   "resolution": 32}},
            "data": {"train": ["imgs/"], "resolution": 32}}
     raw.update(over)
@@ -182,7 +182,7 @@ def test_missing_file_and_extensions(tmp_path):
     for suffix in (".json", ".jsonc", ".yaml", ".yml"):
         p = tmp_path / f"c{suffix}"
         p.write_text(json.dumps(native()))  # JSON is valid YAML too
-        assert load_config(p).model.ddconfig.ch == 16
+        assert load_config(p).model.ddconfig.ch == 32
 
 
 # ------------------------------------------------------------------------------------------------------ seed mapping
@@ -437,7 +437,7 @@ def test_ineffective_settings():
 
 
 def test_vqvae2_ignores_taming_fields():
-    raw = {"model_type": "vqvae2", "model_args": {"n_embed": 16, "ddconfig": {"ch": 8}},
+    raw = {"model_type": "vqvae2", "model_args": {"n_embed": 16, "ddconfig": {"ch": 64}},
            "data_args": {"training_data_files": "imgs"}}
     lines = parse_config_with_warnings(raw)[1]
     assert any(l.startswith("model.n_embed (from model_args.n_embed): has no effect") for l in lines)

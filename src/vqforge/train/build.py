@@ -1,0 +1,180 @@
+"""Build every part of a training run from a validated Config, then hand the parts to the Trainer.
+
+This is the edge where config sections turn into objects; the trainer itself never sees the config tree.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed as dist
+from ..config import Config, to_dict
+from ..data import build_train_stream, build_val_loader, check_data_config
+from ..errors import CheckpointError, ConfigError
+from ..losses.objective import build_discriminator, build_objective
+from ..models.registry import build as build_model
+from .checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
+from .ema import WeightEMA
+from .logger import RunLogger
+from .trainer import GanSchedule, LRPlan, Trainer
+from .validation import make_validation_fn
+
+BEST_MODE = {"psnr": "max", "ssim": "max", "rec_loss": "min", "lpips": "min", "rfid": "min"}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank() if dist.is_initialized() else 0)
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("train.device", f"{name!r} requested but CUDA is not available", "use device: auto or cpu")
+    if name == "cuda" and dist.is_initialized():
+        return torch.device("cuda", dist.local_rank())
+    return torch.device(name)
+
+
+def effective_lr(cfg: Config) -> float:
+    """train.lr, or taming's rule base_learning_rate × batch × processes × accumulation."""
+    t = cfg.train
+    if t.base_learning_rate is None:
+        return t.lr
+    return t.base_learning_rate * cfg.data.batch_size * dist.world_size() * t.grad_accum_steps
+
+
+def _optimizer(kind: str, params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
+def check_resume_compatible(saved_cfg: Config, cfg: Config) -> list[str]:
+    """The saved run's model must be the same architecture; other differences are reported, not fatal."""
+    saved, now = to_dict(saved_cfg), to_dict(cfg)
+    if saved["model"] != now["model"]:
+        diffs = [k for k in now["model"] if saved["model"].get(k) != now["model"].get(k)]
+        raise CheckpointError(
+            "cannot resume: the checkpoint was trained with a different model configuration "
+            f"(differs in model.{', model.'.join(sorted(diffs))}). Resume with the config the run was started with "
+            "(it is saved as config.json in the run's checkpoints), or start a new run with model.init_from set to "
+            "the checkpoint to fine-tune from its weights."
+        )
+    if saved["loss"]["use_gan"] != now["loss"]["use_gan"]:
+        raise CheckpointError("cannot resume: loss.use_gan differs from the checkpoint's; keep the run's setting or start "
+                              "a new run with model.init_from")
+    return sorted(s for s in now if s != "model" and saved[s] != now[s])
+
+
+@dataclass
+class Run:
+    trainer: Trainer
+    logger: RunLogger
+    run_dir: Path
+    config_dict: dict
+
+
+def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings: list[str] = ()) -> Run:
+    """Everything for `vqforge train`: model, objective, discriminator (or none), optimizers, data, logger."""
+    t, lc = cfg.train, cfg.loss
+    device = resolve_device(t.device)
+    cfg.data.check_training_data()
+    check_data_config(cfg.data)  # missing directories / empty globs fail here, before anything is built
+    resume_ckpt = load_checkpoint(resolve_checkpoint(resume)) if resume else None
+
+    seed_everything(t.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model).to(device)
+    if cfg.model.init_from and resume_ckpt is None:
+        from ..models.pretrained import load_weights
+
+        load_weights(model, cfg.model.init_from)
+    objective = build_objective(lc).to(device)  # stops here if VGG weights are needed and missing
+    discriminator = build_discriminator(lc)
+    if discriminator is not None:
+        discriminator = discriminator.to(device)
+
+    lr = effective_lr(cfg)
+    config_dict = to_dict(cfg)
+    config_dict["train"]["resolved_lr"] = lr  # recorded, not read back
+    config_dict["train"]["global_batch_size"] = cfg.data.batch_size * dist.world_size() * t.grad_accum_steps
+    config_dict["train"]["world_size"] = dist.world_size()
+    from ..models.pretrained import config_json_text
+
+    ema = WeightEMA(model, t.ema_decay) if t.ema_decay is not None else None
+    train_model: nn.Module = dist.wrap_ddp(model, device)
+    train_disc = dist.wrap_ddp(discriminator, device) if discriminator is not None else None
+    opt_g = _optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], lr, t.betas, t.weight_decay)
+    disc_lr = t.disc_lr if t.disc_lr is not None else lr
+    opt_d = (_optimizer(t.optimizer, [p for p in discriminator.parameters() if p.requires_grad], disc_lr, t.disc_betas, t.weight_decay)
+             if discriminator is not None else None)
+    gan = (GanSchedule(lc.disc_start, t.disc_update_every, t.disc_warmup_steps, lc.disc_factor)
+           if discriminator is not None else None)
+    plan = LRPlan(lr, disc_lr, t.lr_schedule, t.num_steps, t.warmup_steps, t.lr_decay, t.lr_decay_every, t.min_lr)
+
+    stream = build_train_stream(cfg.data, t.seed, dist.rank(), dist.world_size())
+    val_loader = build_val_loader(cfg.data, dist.rank(), dist.world_size()) if (cfg.data.val or cfg.data.source != "files") else None
+
+    logger = RunLogger(run_dir, cfg.log, enabled=dist.is_main(), total_steps=t.num_steps, run_name=run_dir.name,
+                       config_dict=config_dict)
+    ckpt = Checkpointer(run_dir, keep_last=t.keep_last, best_metric=t.best_metric, best_mode=BEST_MODE[t.best_metric],
+                        enabled=dist.is_main())
+    trainer = Trainer(
+        model=train_model, objective=objective, discriminator=train_disc, opt_g=opt_g, opt_d=opt_d, gan=gan,
+        lr_plan=plan, train_stream=stream, val_loader=val_loader, logger=logger, checkpointer=ckpt, device=device,
+        num_steps=t.num_steps, grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip, precision=t.precision,
+        ema=ema, max_bad_steps=t.max_bad_steps, save_interval=t.save_interval,
+        validation_interval=t.validation_interval, val_max_batches=t.val_max_batches, best_metric=t.best_metric,
+        log_every=cfg.log.every, image_every=cfg.log.image_every, config_json=config_json_text(cfg),
+        evaluate_fn=make_validation_fn(objective, cfg),
+    )
+
+    # -- start-up report ------------------------------------------------------------------------------------------
+    from ..config import dump_yaml
+
+    g = config_dict["train"]
+    derived = (f"# derived at start: global batch {g['global_batch_size']} = data.batch_size {cfg.data.batch_size} × "
+               f"{dist.world_size()} process(es) × train.grad_accum_steps {t.grad_accum_steps}; learning rate {lr:g}"
+               + (f" = train.base_learning_rate {t.base_learning_rate:g} × global batch (taming's rule)"
+                  if t.base_learning_rate is not None else " (train.lr)") + f"; device {device}\n")
+    resolved = dump_yaml(cfg) + derived
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(resolved)
+    logger.info("resolved config:\n" + resolved.rstrip())
+    for w in warnings:
+        logger.info(f"warning: {w}")
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(f"model: {cfg.model.family}/{cfg.model.variant or '-'} with {n_params / 1e6:.2f}M trainable parameters")
+    if discriminator is None:
+        logger.info("use_gan: false: no discriminator is built or trained; loss = reconstruction + perceptual + codebook")
+    else:
+        logger.info(f"use_gan: true: discriminator trains every {t.disc_update_every} step(s) from step {gan.first_step}; "
+                    f"adversarial term from step {lc.disc_start} (disc_factor {lc.disc_factor}, disc_weight {lc.disc_weight})")
+
+    if resume_ckpt is not None:
+        for name in check_resume_compatible(resume_ckpt["config"], cfg):
+            logger.info(f"resume: section '{name}' differs from the checkpoint's; using the new values")
+        model.load_state_dict(resume_ckpt["model"], strict=True)
+        if ema is not None:
+            if resume_ckpt["model_ema"] is None:
+                logger.info("resume: the checkpoint has no EMA weights; EMA starts from the current weights")
+                ema.load_state_dict(model.state_dict())
+            else:
+                ema.load_state_dict(resume_ckpt["model_ema"])
+        if discriminator is not None:
+            discriminator.load_state_dict(resume_ckpt["discriminator"], strict=True)
+        trainer.load_training_state(resume_ckpt["training_state"])
+        logger.info(f"resumed from {resume} at step {trainer.counters.step}")
+    else:
+        torch.manual_seed(t.seed + dist.rank())  # per-rank training randomness (e.g. Gumbel noise)
+    return Run(trainer, logger, run_dir, config_dict)

@@ -1,0 +1,115 @@
+"""Checkpoints: one directory per save, written atomically, readable without unpickling.
+
+Layout of `RUN_DIR/checkpoints/step_00001000/`:
+  config.json              the resolved config (same format as an exported model, so `from_pretrained` reads it)
+  model.safetensors        tokenizer weights (taming key names for taming models)
+  model_ema.safetensors    weight-EMA copy, when enabled
+  discriminator.safetensors  only when use_gan is true
+  training_state.json/.safetensors  optimizers, step, counters, RNG states, data position
+`checkpoints/latest` names the newest directory, `checkpoints/best.json` the best by the validation metric.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.pretrained import load_safetensors, read_config, save_safetensors
+from .state import atomic_dir, atomic_write_text, commit_dir, load_tree, save_tree
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run dir (its latest checkpoint) or a checkpoint dir."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist; give a run directory or a checkpoints/step_* directory")
+    if (p / "checkpoints" / "latest").is_file():
+        name = (p / "checkpoints" / "latest").read_text().strip()
+        p = p / "checkpoints" / name
+    if not (p / "training_state.json").is_file():
+        raise CheckpointError(
+            f"{p} is not a vqforge training checkpoint (no training_state.json); resume takes a run directory or "
+            "a checkpoints/step_* directory"
+        )
+    return p
+
+
+class Checkpointer:
+    """Saves and prunes checkpoints of one run. Only the main rank writes."""
+
+    def __init__(self, run_dir: Path, *, keep_last: int, best_metric: str, best_mode: str, enabled: bool = True):
+        self.dir = run_dir / "checkpoints"
+        self.keep_last = keep_last
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        self.enabled = enabled
+        if enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def best(self) -> dict | None:
+        f = self.dir / "best.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def is_better(self, value: float) -> bool:
+        best = self.best()
+        if best is None:
+            return True
+        return value > best["value"] if self.best_mode == "max" else value < best["value"]
+
+    def save(
+        self,
+        step: int,
+        *,
+        config_json: str,
+        model: dict[str, torch.Tensor],
+        training_state: dict,
+        model_ema: dict[str, torch.Tensor] | None = None,
+        discriminator: dict[str, torch.Tensor] | None = None,
+        metric: float | None = None,
+    ) -> Path | None:
+        if not self.enabled:
+            return None
+        name = f"step_{step:08d}"
+        final = self.dir / name
+        tmp = atomic_dir(final)
+        (tmp / "config.json").write_text(config_json)
+        save_safetensors(model, tmp / "model.safetensors")
+        if model_ema is not None:
+            save_safetensors(model_ema, tmp / "model_ema.safetensors")
+        if discriminator is not None:
+            save_safetensors(discriminator, tmp / "discriminator.safetensors")
+        save_tree(training_state, tmp, "training_state")
+        commit_dir(tmp, final)
+        atomic_write_text(self.dir / "latest", name + "\n")
+        if metric is not None and self.is_better(metric):
+            atomic_write_text(self.dir / "best.json", json.dumps(
+                {"checkpoint": name, "step": step, "metric": self.best_metric, "value": metric}))
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        ckpts = sorted(p for p in self.dir.glob("step_*") if p.is_dir())
+        best = self.best()
+        keep = {p.name for p in ckpts[-self.keep_last:]}
+        if best is not None:
+            keep.add(best["checkpoint"])
+        for p in ckpts:
+            if p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def load_checkpoint(ckpt_dir: Path) -> dict:
+    """Everything a resume needs: the run's Config, tensors and plain values."""
+    def optional(name: str):
+        return load_safetensors(ckpt_dir / name) if (ckpt_dir / name).exists() else None
+
+    return {
+        "config": read_config(ckpt_dir),
+        "model": load_safetensors(ckpt_dir / "model.safetensors"),
+        "training_state": load_tree(ckpt_dir, "training_state"),
+        "model_ema": optional("model_ema.safetensors"),
+        "discriminator": optional("discriminator.safetensors"),
+    }

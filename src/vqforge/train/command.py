@@ -1,0 +1,62 @@
+"""`vqforge train` and `vqforge export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import distributed as dist
+from ..errors import VQForgeError
+
+
+def _load(config_path: str, overrides) -> tuple:
+    from ..config import load_config_with_warnings
+
+    return load_config_with_warnings(config_path, overrides)  # the run logger reports the warnings once
+
+
+def default_run_dir(cfg, config_path: str, out: str | None) -> Path:
+    if out:
+        return Path(out)
+    if cfg.train.out_dir:
+        return Path(cfg.train.out_dir)
+    return Path("runs") / Path(config_path).stem
+
+
+def train_main(args) -> int:
+    cfg, warns = _load(args.config, args.overrides)
+    dist.setup(cfg.train.dist_timeout_s)
+    try:
+        from .build import build_run
+
+        run_dir = default_run_dir(cfg, args.config, args.out)
+        run = build_run(cfg, run_dir, resume=args.resume, warnings=warns)
+        try:
+            metrics = run.trainer.fit()
+            if dist.is_main():
+                export_dir = run_dir / "model"
+                from ..models.pretrained import save_pretrained
+
+                save_pretrained(run.trainer.raw_model, cfg, export_dir)
+                run.logger.info(f"run directory: {run_dir}")
+                run.logger.info(f"  model (for from_pretrained / vqforge eval): {export_dir}")
+                run.logger.info(f"  checkpoints: {run_dir / 'checkpoints'}")
+                run.logger.info(f"  reconstruction grids: {run_dir / 'images'}")
+                run.logger.info(f"  metrics: {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tensorboard'})")
+                if metrics:
+                    run.logger.info("  final validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        finally:
+            run.logger.close()
+    except VQForgeError:
+        raise
+    finally:
+        dist.teardown()
+    return 0
+
+
+def export_main(args) -> int:
+    from ..models.pretrained import load_any, save_pretrained
+
+    model, cfg = load_any(args.source, ema=args.ema)
+    save_pretrained(model, cfg, Path(args.out))
+    print(f"exported to {args.out} (config.json + model.safetensors)")
+    return 0

@@ -1,0 +1,163 @@
+"""Run logging: console + text file, JSONL metrics, TensorBoard, optional wandb, progress bar. Rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config.schema import LogConfig
+
+
+def _fmt(v: float) -> str:
+    if v == 0 or (1e-3 <= abs(v) < 1e4):
+        return f"{v:.4f}"
+    return f"{v:.3e}"
+
+
+class RunLogger:
+    """Writes what the trainer reports. Non-main ranks get a logger that writes nothing."""
+
+    def __init__(self, run_dir: Path | None, cfg: LogConfig, *, enabled: bool = True, total_steps: int = 0,
+                 run_name: str = "vqforge", config_dict: dict | None = None):
+        self.enabled = enabled and run_dir is not None
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.total_steps = total_steps
+        self._log = logging.getLogger(f"vqforge.run.{id(self)}")
+        self._log.propagate = False
+        self._log.setLevel(logging.INFO)
+        self._tb = None
+        self._wandb = None
+        self._jsonl = None
+        self._bar = None
+        if not self.enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        self._log.addHandler(fh)
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        self._log.addHandler(sh)
+        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if cfg.wandb:
+            try:
+                import wandb
+            except ImportError:
+                self.info("log.wandb is true but wandb is not installed (pip install wandb); continuing without it")
+            else:
+                self._wandb = wandb.init(project=cfg.project, name=run_name, config=config_dict, dir=str(run_dir))
+
+    # -- text ---------------------------------------------------------------------------------------------------
+    def info(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.clear()
+        self._log.info(msg)
+        if self._bar is not None:
+            self._bar.refresh()
+
+    # -- progress -----------------------------------------------------------------------------------------------
+    def start_progress(self, initial: int) -> None:
+        if not (self.enabled and self.cfg.progress):
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=self.total_steps, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
+                         mininterval=1.0)
+
+    def progress(self, step: int, postfix: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
+            self._bar.update(0)
+
+    # -- metrics ------------------------------------------------------------------------------------------------
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in values.items()}
+        self._jsonl.write(json.dumps({"step": step, "split": prefix, **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}) + "\n")
+        if self._tb is not None:
+            for k, v in clean.items():
+                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{prefix}/{k}": v for k, v in clean.items()}, step=step)
+
+    def line(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
+        self.info(f"[{prefix}] step {step}: " + " ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
+
+    def image(self, step: int, tag: str, grid: torch.Tensor) -> Path | None:
+        """grid: (3, H, W) uint8. Written as PNG in the run dir and to TensorBoard."""
+        if not self.enabled:
+            return None
+        from PIL import Image
+
+        out = self.run_dir / "images" / f"{tag}_{step:08d}.png"
+        out.parent.mkdir(exist_ok=True)
+        Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(out)
+        if self._tb is not None:
+            self._tb.add_image(tag, grid, step)
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({tag: wandb.Image(np.asarray(grid.permute(1, 2, 0).cpu()))}, step=step)
+        return out
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._tb is not None:
+            self._tb.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        for h in list(self._log.handlers):
+            h.close()
+            self._log.removeHandler(h)
+
+
+class Throughput:
+    """Steps/s and images/s over the recent window."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.steps = 0
+        self.images = 0
+
+    def add(self, images: int) -> None:
+        self.steps += 1
+        self.images += images
+
+    def rates(self) -> tuple[float, float]:
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        return self.steps / dt, self.images / dt
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+def image_grid(x: torch.Tensor, recon: torch.Tensor, max_images: int = 8) -> torch.Tensor:
+    """Two rows (inputs over reconstructions) of up to `max_images`: (3, 2H, nW) uint8."""
+    n = min(max_images, x.shape[0])
+
+    def to_u8(t):
+        return ((t[:n].detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+    top = torch.cat(list(to_u8(x)), dim=2)  # (3, H, n·W)
+    bottom = torch.cat(list(to_u8(recon)), dim=2)
+    return torch.cat([top, bottom], dim=1)

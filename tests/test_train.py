@@ -1,0 +1,266 @@
+"""Trainer behaviour: use_gan semantics, discriminator cadence, exact resume, non-finite guard, schedules, checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vqforge.losses.objective as objective_mod
+from vqforge.errors import CheckpointError, TrainingError
+from vqforge.train.build import build_run
+from vqforge.train.schedules import lr_factor
+
+from conftest import tiny_config, tiny_dict
+from vqforge.config import parse_config
+
+
+def _run(tmp_path: Path, name: str = "run", resume=None, **sections):
+    return build_run(tiny_config(**sections), tmp_path / name, resume=resume)
+
+
+def _fit(run):
+    try:
+        return run.trainer.fit()
+    finally:
+        run.logger.close()
+
+
+@pytest.fixture
+def count_adaptive(monkeypatch):
+    calls = []
+    real = objective_mod.adaptive_weight
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(objective_mod, "adaptive_weight", counting)
+    return calls
+
+
+def _train_lines(run_dir: Path) -> list[dict]:
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [l for l in lines if l["split"] == "train"]
+
+
+def test_use_gan_false_builds_no_discriminator(tmp_path, count_adaptive):
+    run = _run(tmp_path, loss={"use_gan": False})
+    t = run.trainer
+    assert t.discriminator is None and t.opt_d is None and t.gan is None
+    _fit(run)
+    assert count_adaptive == []
+    assert t.counters.disc_steps == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000006"
+    assert not (ckpt / "discriminator.safetensors").exists()
+    assert all("disc" not in k and not k.startswith("loss.") for k in load_file(str(ckpt / "model.safetensors")))
+    state = json.loads((ckpt / "training_state.json").read_text())
+    assert state["opt_d"] is None
+    lines = _train_lines(tmp_path / "run")
+    assert lines and all(l["disc_factor"] == 0.0 and l["disc_steps"] == 0 for l in lines)
+    assert not any(k.startswith("g_loss") or k == "disc_loss" for l in lines for k in l if l.get(k, 0) != 0)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("use_gan: false: no discriminator is built") == 1
+
+
+@pytest.mark.parametrize(
+    "every,warmup,disc_start",
+    [(1, 0, 2), (3, 0, 0), (2, 2, 4), (3, 1, 3)],
+)
+def test_discriminator_cadence_and_adaptive_weight_calls(tmp_path, count_adaptive, every, warmup, disc_start):
+    run = _run(tmp_path, loss={"use_gan": True, "disc_start": disc_start},
+               train={"disc_update_every": every, "disc_warmup_steps": warmup, "num_steps": 6})
+    d_forward = []
+    run.trainer.discriminator.register_forward_hook(lambda *a: d_forward.append(1))
+    _fit(run)
+    first = max(0, disc_start - warmup)
+    expected_d = [s for s in range(6) if s >= first and s % every == 0]
+    assert run.trainer.counters.disc_steps == len(expected_d)
+    # the adaptive weight is computed only where the adversarial term counts (disc_factor > 0)
+    assert len(count_adaptive) == len([s for s in range(6) if s >= disc_start])
+    lines = _train_lines(tmp_path / "run")
+    assert [l["disc_factor"] for l in lines] == [1.0 if s >= disc_start else 0.0 for s in range(6)]
+
+
+def _weights(run) -> dict[str, torch.Tensor]:
+    t = run.trainer
+    out = {f"model.{k}": v.clone() for k, v in t.raw_model.state_dict().items()}
+    if t.discriminator is not None:
+        out.update({f"disc.{k}": v.clone() for k, v in t.discriminator.state_dict().items()})
+    if t.ema is not None:
+        out.update({f"ema.{k}": v.clone() for k, v in t.ema.state_dict().items()})
+    return out
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    common = dict(loss={"use_gan": True, "disc_start": 1}, train={"ema_decay": 0.9, "disc_update_every": 2,
+                                                                  "save_interval": 100, "validation_interval": 2})
+    straight = _run(tmp_path, "straight", **{**common, "train": {**common["train"], "num_steps": 6}})
+    _fit(straight)
+    first = _run(tmp_path, "split", **{**common, "train": {**common["train"], "num_steps": 3}})
+    _fit(first)
+    second = _run(tmp_path, "split", resume=str(tmp_path / "split"), **{**common, "train": {**common["train"], "num_steps": 6}})
+    assert second.trainer.counters.step == 3
+    _fit(second)
+    a, b = _weights(straight), _weights(second)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert straight.trainer.counters == second.trainer.counters
+
+
+def test_resume_with_another_architecture_is_an_error(tmp_path):
+    _fit(_run(tmp_path, train={"num_steps": 2, "save_interval": 2}))
+    with pytest.raises(CheckpointError, match="different model configuration"):
+        _run(tmp_path, "other", resume=str(tmp_path / "run"), model={"n_embed": 64})
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+    real = objective_mod.VQGANObjective.generator_loss
+    bad_steps = {2}
+
+    def flaky(self, x, out, step, last_layer, discriminator):
+        res = real(self, x, out, step, last_layer, discriminator)
+        if step in bad_steps:
+            res.total = res.total * float("nan")
+        return res
+
+    monkeypatch.setattr(objective_mod.VQGANObjective, "generator_loss", flaky)
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 4, "max_bad_steps": 2, "save_interval": 1})
+    codebook_before = {}
+
+    orig_step = run.trainer.train_step
+
+    def spy():
+        if run.trainer.counters.step == 2:
+            codebook_before["w"] = run.trainer.raw_model.state_dict()["quantize.embedding.weight"].clone()
+            codebook_before["p"] = [p.detach().clone() for p in run.trainer.gen_params]
+        res = orig_step()
+        if run.trainer.counters.step == 3:
+            # the skipped step changed nothing: neither weights nor the EMA codebook
+            assert torch.equal(run.trainer.raw_model.state_dict()["quantize.embedding.weight"], codebook_before["w"])
+            assert all(torch.equal(p, q) for p, q in zip(run.trainer.gen_params, codebook_before["p"]))
+        return res
+
+    run.trainer.train_step = spy
+    _fit(run)
+    assert run.trainer.counters.skipped_steps == 1 and run.trainer.counters.step == 4
+    assert "w" in codebook_before
+
+    bad_steps.update(range(3, 100))
+    run = _run(tmp_path, "stops", loss={"use_gan": False}, train={"num_steps": 10, "max_bad_steps": 2, "save_interval": 1})
+    with pytest.raises(TrainingError, match="non-finite steps in a row"):
+        _fit(run)
+    ckdir = tmp_path / "stops" / "checkpoints"
+    kept = sorted(p.name for p in ckdir.glob("step_*"))
+    # steps 0-1 fine, step 2 skipped (state restored, saved as step 3), step 3 the second bad one in a row: stop
+    # before saving anything from it
+    assert kept[-1] == "step_00000003"
+    assert (ckdir / "latest").read_text().strip() == "step_00000003"
+    weights = load_file(str(ckdir / "step_00000003" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_lr_schedules():
+    assert lr_factor(5, "constant", total_steps=10) == 1.0
+    assert lr_factor(0, "constant", total_steps=10, warmup_steps=4) == 0.25
+    assert lr_factor(25, "exponential", total_steps=100, decay=0.5, decay_every=10) == 0.25
+    assert lr_factor(2, "cosine", total_steps=12, warmup_steps=2) == 1.0
+    assert lr_factor(7, "cosine", total_steps=12, warmup_steps=2) == pytest.approx(0.5)
+    assert lr_factor(12, "cosine", total_steps=12, warmup_steps=2, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_lr_reaches_optimizers(tmp_path):
+    run = _run(tmp_path, train={"num_steps": 4, "lr": 1e-3, "disc_lr": 5e-4, "lr_schedule": "exponential",
+                                "lr_decay": 0.5, "lr_decay_every": 2})
+    _fit(run)
+    assert [l["lr"] for l in _train_lines(tmp_path / "run")] == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4])
+    assert run.trainer.opt_d.param_groups[0]["lr"] == pytest.approx(2.5e-4)
+
+
+def test_taming_learning_rate_rule(tmp_path):
+    cfg = tiny_dict(train={"base_learning_rate": 1e-5, "grad_accum_steps": 2, "num_steps": 1})
+    del cfg["train"]["lr"]  # lr and base_learning_rate together are a config error
+    run = build_run(parse_config(cfg), tmp_path / "run")
+    run.logger.close()
+    # base × batch (2) × processes (1) × accumulation (2)
+    assert run.trainer.lr_plan.base_lr == pytest.approx(4e-5)
+    assert run.config_dict["train"]["resolved_lr"] == pytest.approx(4e-5)
+
+
+def test_gradient_accumulation_matches_larger_batch(tmp_path):
+    common = dict(model={"variant": "VQModel"}, loss={"use_gan": False},
+                  data={"hflip": False, "shuffle": False}, train={"num_steps": 1, "optimizer": "adamw", "lr": 1e-2})
+    a = _run(tmp_path, "a", **{**common, "data": {**common["data"], "batch_size": 2}})
+    b = _run(tmp_path, "b", **{**common, "data": {**common["data"], "batch_size": 1},
+                               "train": {**common["train"], "grad_accum_steps": 2}})
+    _fit(a), _fit(b)
+    # compare the accumulated gradients (still in .grad after the step); Adam's first update is close to
+    # lr·sign(g), so weights would magnify float noise in near-zero gradients (e.g. conv biases before GroupNorm)
+    ga = torch.cat([p.grad.flatten() for p in a.trainer.raw_model.parameters()])
+    gb = torch.cat([p.grad.flatten() for p in b.trainer.raw_model.parameters()])
+    assert (ga - gb).norm() <= 1e-5 * ga.norm()
+
+
+def test_grad_clip_limits_the_update(tmp_path):
+    base = dict(loss={"use_gan": False}, model={"variant": "VQModel"}, train={"num_steps": 1})
+    free = _run(tmp_path, "free", **base)
+    clipped = _run(tmp_path, "clipped", **{**base, "train": {"num_steps": 1, "grad_clip": 1e-12}})
+    start = [p.detach().clone() for p in free.trainer.gen_params]
+    _fit(free), _fit(clipped)
+    d_free = sum((p - s).abs().sum() for p, s in zip(free.trainer.gen_params, start))
+    d_clip = sum((p - s).abs().sum() for p, s in zip(clipped.trainer.gen_params, start))
+    assert d_clip < 0.1 * d_free
+
+
+def test_weight_ema_follows_the_formula(tmp_path):
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 1, "ema_decay": 0.75})
+    before = {k: v.clone() for k, v in run.trainer.raw_model.state_dict().items()}
+    _fit(run)
+    after = run.trainer.raw_model.state_dict()
+    ema = run.trainer.ema.state_dict()
+    k = "decoder.conv_out.weight"
+    assert torch.allclose(ema[k], 0.75 * before[k] + 0.25 * after[k], atol=1e-7)
+    assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "model_ema.safetensors").exists()
+
+
+def test_bf16_precision_trains(tmp_path):
+    run = _run(tmp_path, train={"num_steps": 2, "precision": "bf16"})
+    _fit(run)
+    assert run.trainer.counters.skipped_steps == 0
+
+
+def test_keep_last_and_best(tmp_path):
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 6, "save_interval": 1, "keep_last": 2,
+                                                         "validation_interval": 1})
+    _fit(run)
+    ckdir = tmp_path / "run" / "checkpoints"
+    best = json.loads((ckdir / "best.json").read_text())
+    kept = sorted(p.name for p in ckdir.glob("step_*"))
+    assert kept[-2:] == ["step_00000005", "step_00000006"]
+    assert best["checkpoint"] in kept and len(kept) <= 3
+    assert (ckdir / "latest").read_text().strip() == "step_00000006"
+
+
+def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    import vqforge.train.checkpoint as ck
+
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 2, "save_interval": 1})
+    real = ck.save_tree
+    calls = {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ck, "save_tree", failing)
+    with pytest.raises(OSError):
+        _fit(run)
+    ckdir = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckdir.glob("step_*")) == ["step_00000001"]
+    assert (ckdir / "latest").read_text().strip() == "step_00000001"
