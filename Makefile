@@ -22,8 +22,17 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest
 
+# LPIPS needs VGG16 ImageNet weights; the demo uses them when they are already on this machine
+# ($$VQFORGE_VGG16 or the torch hub cache) and trains without the perceptual loss otherwise.
 demo: install
-	$(VENV)/bin/vqforge train configs/quickstart.yaml --out runs/quickstart
+	@rm -rf runs/quickstart
+	@extra=""; \
+	if $(PY) -c "import os, sys; from vqforge.losses.vgg import VGG16_ENV, hub_cache_path; p = os.environ.get(VGG16_ENV); sys.exit(0 if (p and os.path.isfile(p)) or hub_cache_path().is_file() else 1)"; then \
+		extra="--set loss.perceptual_weight=1.0"; echo "VGG16 weights found: training with the LPIPS perceptual loss"; \
+	else \
+		echo "no VGG16 ImageNet weights on this machine (README: Perceptual loss): training without LPIPS"; \
+	fi; \
+	$(VENV)/bin/vqforge train configs/quickstart.yaml --out runs/quickstart $$extra
 
 bench: install
 	$(PY) bench/train_step.py

@@ -118,3 +118,13 @@ def test_missing_vgg_weights_stop_before_step_zero(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "perceptual_weight" in err and "vgg16-397923af.pth" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_training_into_an_existing_run_needs_resume(tmp_path, capsys):
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_dict(train={"num_steps": 1, "save_interval": 1})))
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run")]) == 0
+    before = (tmp_path / "run" / "checkpoints" / "step_00000001" / "model.safetensors").read_bytes()
+    assert main(["train", str(cfg_path), "--out", str(tmp_path / "run")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "model.safetensors").read_bytes() == before

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import distributed as dist
-from ..errors import VQForgeError
+from ..errors import CheckpointError, VQForgeError
 
 
 def _load(config_path: str, overrides) -> tuple:
@@ -29,6 +29,11 @@ def train_main(args) -> int:
         from .build import build_run
 
         run_dir = default_run_dir(cfg, args.config, args.out)
+        if not args.resume and (run_dir / "checkpoints" / "latest").exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a training run; continue it with --resume {run_dir}, "
+                "or train into another directory with --out"
+            )
         run = build_run(cfg, run_dir, resume=args.resume, warnings=warns)
         try:
             metrics = run.trainer.fit()
