@@ -24,16 +24,7 @@ from vqforge.models.pretrained import load_any, load_weights, save_pretrained
 from vqforge.safe_pickle import InertObject, extract_state_dict, load_checkpoint, load_state_dict_file
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared machine: one intra-op thread avoids OpenMP spin-waiting on busy cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "taming"
+from conftest import GOLDEN
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------------

@@ -23,15 +23,6 @@ from conftest import tiny_config, tiny_dict
 RES = 32  # crop size; the tiny model downsamples by 2 -> 16x16 tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads cost more than they bring, most of all on a busy shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _export(tmp_path: Path, name: str, **model) -> Path:
     import vqforge
     from vqforge.config import parse_config

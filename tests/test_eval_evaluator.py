@@ -14,15 +14,6 @@ from vqforge.eval import fid, metrics
 from vqforge.eval.evaluator import evaluate, is_better
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads cost more than they bring, most of all on a busy shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_taming(rvq_levels: int = 1, variant: str = "EMAVQ", seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = ModelConfig(family="taming", variant=variant, n_embed=16, embed_dim=8,

@@ -14,15 +14,6 @@ from vqforge.errors import CheckpointError
 from vqforge.eval import codebook, fid, metrics, report
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads cost more than they bring, most of all on a busy shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _u8(v: float) -> float:
     """The [-1, 1] value that quantizes to the integer v."""
     return v / 127.5 - 1.0

@@ -21,7 +21,7 @@ from vqforge.losses.objective import VQGANObjective, build_discriminator
 from vqforge.losses.perceptual import LPIPS
 from vqforge.models.output import TokenizerOutput
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "taming"
+from conftest import GOLDEN
 REL = 1e-5
 ABS_ZERO = 1e-8  # only to compare exact zeros (step-0 discriminator loss, disc_factor) under a relative tolerance
 

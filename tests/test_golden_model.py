@@ -13,16 +13,7 @@ from vqforge import build_model
 from vqforge.config.schema import DDConfig, ModelConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared machine: one intra-op thread avoids OpenMP spin-waiting on busy cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "taming"
+from conftest import GOLDEN
 ATOL = 1e-5
 
 

@@ -13,15 +13,6 @@ from vqforge.config.schema import DDConfig, ModelConfig, QuantizerConfig, VQVAE2
 from vqforge.models import registry
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared machine: one intra-op thread avoids OpenMP spin-waiting on busy cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 RES = 8
 
 

@@ -26,7 +26,7 @@ from vqforge.quantizers import (
 from vqforge.quantizers.gumbel import temperature_at
 from vqforge.quantizers.maintenance import squared_distances
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "taming"
+from conftest import GOLDEN
 
 K, C = 32, 8  # codebook size and code dimension of the generic quantizers
 MAINT = MaintenanceConfig(kmeans_init=True, kmeans_iters=3, restart_unused_steps=2)

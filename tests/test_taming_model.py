@@ -14,15 +14,6 @@ from vqforge.models.taming import TamingVQGAN
 from vqforge.models.taming_modules import AttnBlock, Decoder, Downsample, Encoder, Upsample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared machine: one intra-op thread avoids OpenMP spin-waiting on busy cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_dd(**kw) -> DDConfig:
     base = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=8, resolution=16,
                 dropout=0.0)

@@ -18,16 +18,6 @@ from vqforge.models.vqvae2 import VQVAE2
 LEVELS = {1: [4], 2: [4, 2], 3: [2, 2, 2]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these models are tiny: intra-op threads only add synchronisation, and on a loaded machine OpenMP threads
-    # contending for cores made a step ~20x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_cfg(nb_levels: int = 2, rates: list[int] | None = None, **kw) -> ModelConfig:
     v = dict(in_channels=3, hidden_channels=16, res_channels=8, nb_res_layers=1, nb_levels=nb_levels,
              embed_dim=8, nb_entries=32, scaling_rates=rates or LEVELS[nb_levels])
