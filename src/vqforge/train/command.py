@@ -24,7 +24,7 @@ def default_run_dir(cfg, config_path: str, out: str | None) -> Path:
 
 def train_main(args) -> int:
     cfg, warns = _load(args.config, args.overrides)
-    dist.setup(cfg.train.dist_timeout_s)
+    dist.setup(cfg.train.dist_timeout_s, cfg.train.device)  # a no-op without torchrun
     try:
         from .build import build_run
 
@@ -51,7 +51,8 @@ def train_main(args) -> int:
                     run.logger.info("  final validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         finally:
             run.logger.close()
-    except VQForgeError:
+    except Exception as e:
+        dist.report_failure(e)  # under torchrun: "rank N: <error>", so the log names the rank that failed
         raise
     finally:
         dist.teardown()

@@ -246,7 +246,9 @@ class Trainer:
         for i in range(self.grad_accum_steps):
             x = self._next_inputs()
             with self._sync_context(self.model, i == self.grad_accum_steps - 1):
-                loss, out = generator_step(self.model, self.objective, self.discriminator, x, step,
+                # the unwrapped discriminator: its weights are frozen here, so the DDP wrapper (gradient sync) has
+                # nothing to do; only the discriminator step goes through the wrapper
+                loss, out = generator_step(self.model, self.objective, _unwrap(self.discriminator), x, step,
                                            self.raw_model.last_layer, precision=self.precision, loss_scale=scale)
             finite &= bool(torch.isfinite(loss.total.detach()))
             micro.append((x, out.reconstruction.detach()))
@@ -258,6 +260,7 @@ class Trainer:
 
         gnorm = _grad_norm(self.gen_params, self.grad_clip)
         finite &= bool(torch.isfinite(gnorm))
+        finite = dist.all_true(finite, self.device)  # every replica steps or every replica skips
         totals["grad_norm"] = float(gnorm)
         totals["lr"] = lr
 
@@ -277,6 +280,9 @@ class Trainer:
             self.counters.skipped_steps += 1
             self.counters.bad_in_a_row += 1
         totals.setdefault("disc_factor", 0.0)
+        # each rank updated running statistics (BatchNorm) from its own batch: keep rank 0's on all replicas
+        dist.sync_buffers(self.raw_model)
+        dist.sync_buffers(_unwrap(self.discriminator))
         self.counters.step += 1
         return StepResult(totals, finite, disc_stepped, micro[-1][1], micro[-1][0])
 
@@ -300,6 +306,7 @@ class Trainer:
                 d_terms[k] = d_terms.get(k, 0.0) + float(v) * scale
         dnorm = _grad_norm(self.disc_params, self.grad_clip)
         finite &= bool(torch.isfinite(dnorm))
+        finite = dist.all_true(finite, self.device)
         if finite:
             self.opt_d.step()
             self.counters.disc_steps += 1
@@ -344,7 +351,8 @@ class Trainer:
             self.logger.progress(step, {"loss": res.terms.get("total_loss", float("nan")),
                                         "rec": res.terms.get("rec_loss", float("nan")), "it/s": steps_s, "img/s": img_s})
             if n_window and (step % self.log_every == 0 or step == self.num_steps):
-                avg = {k: v / n_window for k, v in window.items()}
+                # losses and codebook stats averaged over ranks (each rank saw its own part of the global batch)
+                avg = dist.all_reduce_mean_dict({k: v / n_window for k, v in window.items()}, self.device)
                 avg.update({"steps_per_s": steps_s, "images_per_s": img_s, "disc_steps": float(c.disc_steps),
                             "skipped_steps": float(c.skipped_steps),
                             "data_skipped_files": float(getattr(self.stream, "skipped_files", 0))})
@@ -396,7 +404,9 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------------------
     def training_state(self) -> dict:
-        return {
+        """What a resume needs besides the weights. Under several processes this is a collective (it gathers
+        every rank's RNG state), so every rank calls it; the data position is the same on every rank."""
+        state = {
             "counters": asdict(self.counters),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
@@ -404,6 +414,9 @@ class Trainer:
             "data": self.stream.state_dict(),
             "last_val": self._last_val,
         }
+        if dist.world_size() > 1:
+            state["rng_per_rank"] = dist.all_gather_object(state["rng"])  # each rank resumes its own random stream
+        return state
 
     def load_training_state(self, state: dict) -> None:
         self.counters = Counters(**state["counters"])
@@ -412,17 +425,26 @@ class Trainer:
             self.opt_d.load_state_dict(state["opt_d"])
         self.stream.load_state_dict(state["data"])
         self._last_val = state.get("last_val", {})
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == dist.world_size():
+            set_rng_state(per_rank[dist.rank()])
+        else:
+            set_rng_state(state["rng"])
+            if dist.world_size() > 1:
+                # saved with another number of processes: derive a distinct stream per rank from the saved one
+                torch.manual_seed(int(torch.randint(0, 2**62, ())) + dist.rank())
 
     def save(self, metric: float | None = None) -> None:
-        if not dist.is_main():
-            return
-        self.ckpt.save(
-            self.counters.step,
-            config_json=self.config_json,
-            model=self.raw_model.state_dict(),
-            model_ema=self.ema.state_dict() if self.ema is not None else None,
-            discriminator=_unwrap(self.discriminator).state_dict() if self.discriminator is not None else None,
-            training_state=self.training_state(),
-            metric=metric,
-        )
+        """Rank 0 writes the checkpoint; every rank must call this (gathering the RNG states is collective)."""
+        state = self.training_state()
+        if dist.is_main():
+            self.ckpt.save(
+                self.counters.step,
+                config_json=self.config_json,
+                model=self.raw_model.state_dict(),
+                model_ema=self.ema.state_dict() if self.ema is not None else None,
+                discriminator=_unwrap(self.discriminator).state_dict() if self.discriminator is not None else None,
+                training_state=state,
+                metric=metric,
+            )
+        dist.barrier()  # no rank goes on (or reads the checkpoint) before it is complete
