@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import distributed as dist
-from ..errors import CheckpointError, VQForgeError
+from ..errors import CheckpointError
 
 
 def _load(config_path: str, overrides) -> tuple:
