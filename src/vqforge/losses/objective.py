@@ -9,6 +9,10 @@ Relation to taming-transformers' `VQLPIPSWithDiscriminator` (same numbers with t
   is the pixel part only (unweighted mean), `nll_loss` the combination.
 - The adaptive weight is computed only when it is used (disc_factor > 0 and gradients enabled); otherwise
   `d_weight` is reported as 0. The total loss is the same either way.
+- With the adversarial term on, one backward pass through LPIPS and the discriminator (down to x̂, no weight
+  gradients) gives ∂nll/∂x̂ and ∂g/∂x̂; they serve the adaptive weight and, weighted, the update (the reference
+  runs those two backward passes twice). Values and d_weight are the same bit for bit; parameter gradients equal
+  the plain formula up to float rounding (~1e-6 relative). The discriminator gets no gradient from this loss.
 - With no discriminator (`use_gan: false`) nothing adversarial runs: no discriminator forward, no adaptive-weight
   gradients, `disc_factor` is reported as 0 and `g_loss` / `d_weight` are absent from the terms (there is no
   such value, rather than a made-up 0).
@@ -42,6 +46,32 @@ def _scalar(value: torch.Tensor | float, device: torch.device) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().float().reshape(())
     return torch.tensor(float(value), device=device)
+
+
+def _grads_at(recon: torch.Tensor, nll: torch.Tensor, g_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂nll/∂recon and ∂g_loss/∂recon. The backward stops at `recon`: nothing upstream (decoder) runs, and no
+    discriminator or LPIPS weight gradient is computed; the two graphs below `recon` are freed afterwards."""
+    (nll_grad,) = torch.autograd.grad(nll, recon, retain_graph=True)
+    (g_grad,) = torch.autograd.grad(g_loss, recon)
+    return nll_grad, g_grad
+
+
+class _GradientAt(torch.autograd.Function):
+    """A zero-valued scalar whose backward hands `grad` (scaled by the incoming gradient) to `x`.
+
+    Used to backpropagate a gradient at the reconstruction that was already computed, instead of running the
+    backward of the losses that produced it a second time.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(grad)
+        return torch.zeros((), dtype=torch.float32, device=x.device)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out, None
 
 
 class VQGANObjective(nn.Module):
@@ -108,11 +138,21 @@ class VQGANObjective(nn.Module):
                 logits_fake = discriminator(recon)  # (N, 1, h, w)
                 g_loss = generator_adversarial_loss(logits_fake.float())
                 # the adaptive weight needs a graph: under torch.no_grad (validation) it is reported as 0
-                if torch.is_grad_enabled() and last_layer.requires_grad:
-                    d_weight = adaptive_weight(nll, g_loss, last_layer, cfg.disc_weight)
-                    total = total + d_weight * disc_factor * g_loss
+                if torch.is_grad_enabled() and last_layer.requires_grad and recon.requires_grad:
+                    # one backward pass through LPIPS and the discriminator, down to x̂ only, serves both the
+                    # adaptive weight and the update: ∂nll/∂x̂ and ∂g/∂x̂, (N, C, H, W) each (no weight gradients)
+                    nll_grad, g_grad = _grads_at(recon, nll, g_loss)
+                    # (x̂ · ∂L/∂x̂).sum() has L's gradient on every weight upstream of x̂, the last layer included
+                    d_weight = adaptive_weight((recon * nll_grad).sum(), (recon * g_grad).sum(), last_layer,
+                                               cfg.disc_weight)
+                    adv_weight = d_weight * disc_factor
+                    # same value as nll + d_weight·disc_factor·g_loss; its backward gives x̂ the gradient
+                    # ∂nll/∂x̂ + d_weight·disc_factor·∂g/∂x̂ without a second pass through LPIPS and the discriminator
+                    total = (nll.detach() + adv_weight * g_loss.detach()
+                             + _GradientAt.apply(recon, nll_grad + adv_weight * g_grad))
                 else:
                     d_weight = torch.zeros((), device=device)
+                    total = total + d_weight * disc_factor * g_loss
                 terms.update(d_weight=_scalar(d_weight, device), g_loss=_scalar(g_loss, device))
         total = total + cfg.codebook_weight * codebook
         terms["total_loss"] = _scalar(total, device)

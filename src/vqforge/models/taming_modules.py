@@ -67,7 +67,9 @@ class AttnBlock(nn.Module):
         hn = self.norm(x)
 
         def tokens(t: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 1, H*W, C): one head
-            return t.reshape(b, 1, c, h * w).transpose(2, 3)
+            # contiguous: SDPA's fused CPU (flash) kernel needs unit stride on the last dimension; on the strided
+            # view it falls back to the unfused math path, about 1.5x slower forward + backward
+            return t.reshape(b, 1, c, h * w).transpose(2, 3).contiguous()
 
         # softmax(q k^T / sqrt(C)) v, the same scaling as the reference; SDPA picks a fused kernel
         out = F.scaled_dot_product_attention(tokens(self.q(hn)), tokens(self.k(hn)), tokens(self.v(hn)))
