@@ -25,9 +25,6 @@ from .logger import RunLogger
 from .trainer import GanSchedule, LRPlan, Trainer
 from .validation import make_validation_fn
 
-BEST_MODE = {"psnr": "max", "ssim": "max", "rec_loss": "min", "lpips": "min", "rfid": "min"}
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -126,7 +123,7 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
 
     logger = RunLogger(run_dir, cfg.log, enabled=dist.is_main(), total_steps=t.num_steps, run_name=run_dir.name,
                        config_dict=config_dict)
-    ckpt = Checkpointer(run_dir, keep_last=t.keep_last, best_metric=t.best_metric, best_mode=BEST_MODE[t.best_metric],
+    ckpt = Checkpointer(run_dir, keep_last=t.keep_last, best_metric=t.best_metric,
                         enabled=dist.is_main())
     trainer = Trainer(
         model=train_model, objective=objective, discriminator=train_disc, opt_g=opt_g, opt_d=opt_d, gan=gan,

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..models.pretrained import load_safetensors, read_config, save_safetensors
-from .state import atomic_dir, atomic_write_text, commit_dir, load_tree, save_tree
+from ..eval.evaluator import is_better
+from ..models.pretrained import atomic_write_text, load_safetensors, read_config, save_safetensors
+from .state import atomic_dir, commit_dir, load_tree, save_tree
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a run dir (its latest checkpoint) or a checkpoint dir."""
@@ -40,11 +41,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
 class Checkpointer:
     """Saves and prunes checkpoints of one run. Only the main rank writes."""
 
-    def __init__(self, run_dir: Path, *, keep_last: int, best_metric: str, best_mode: str, enabled: bool = True):
+    def __init__(self, run_dir: Path, *, keep_last: int, best_metric: str, enabled: bool = True):
         self.dir = run_dir / "checkpoints"
         self.keep_last = keep_last
         self.best_metric = best_metric
-        self.best_mode = best_mode
         self.enabled = enabled
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -55,9 +55,7 @@ class Checkpointer:
 
     def is_better(self, value: float) -> bool:
         best = self.best()
-        if best is None:
-            return True
-        return value > best["value"] if self.best_mode == "max" else value < best["value"]
+        return is_better(self.best_metric, value, None if best is None else best["value"])
 
     def save(
         self,

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config.schema import LogConfig
 
@@ -99,21 +98,21 @@ class RunLogger:
     def line(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
         self.info(f"[{prefix}] step {step}: " + " ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
 
-    def image(self, step: int, tag: str, grid: torch.Tensor) -> Path | None:
-        """grid: (3, H, W) uint8. Written as PNG in the run dir and to TensorBoard."""
+    def image(self, step: int, tag: str, grid: np.ndarray) -> Path | None:
+        """grid: (H, W, 3) uint8. Written as PNG in the run dir and to TensorBoard."""
         if not self.enabled:
             return None
         from PIL import Image
 
         out = self.run_dir / "images" / f"{tag}_{step:08d}.png"
         out.parent.mkdir(exist_ok=True)
-        Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(out)
+        Image.fromarray(grid).save(out)
         if self._tb is not None:
-            self._tb.add_image(tag, grid, step)
+            self._tb.add_image(tag, grid, step, dataformats="HWC")
         if self._wandb is not None:
             import wandb
 
-            self._wandb.log({tag: wandb.Image(np.asarray(grid.permute(1, 2, 0).cpu()))}, step=step)
+            self._wandb.log({tag: wandb.Image(grid)}, step=step)
         return out
 
     def close(self) -> None:
@@ -149,15 +148,3 @@ class Throughput:
 
     def reset(self) -> None:
         self.__init__()
-
-
-def image_grid(x: torch.Tensor, recon: torch.Tensor, max_images: int = 8) -> torch.Tensor:
-    """Two rows (inputs over reconstructions) of up to `max_images`: (3, 2H, nW) uint8."""
-    n = min(max_images, x.shape[0])
-
-    def to_u8(t):
-        return ((t[:n].detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-    top = torch.cat(list(to_u8(x)), dim=2)  # (3, H, n·W)
-    bottom = torch.cat(list(to_u8(recon)), dim=2)
-    return torch.cat([top, bottom], dim=1)

@@ -22,7 +22,8 @@ from ..losses.objective import LossOutput, VQGANObjective
 from ..models.output import TokenizerOutput
 from .checkpoint import Checkpointer
 from .ema import WeightEMA
-from .logger import RunLogger, Throughput, image_grid
+from ..eval.report import reconstruction_grid
+from .logger import RunLogger, Throughput
 from .schedules import lr_factor
 from .state import rng_state, set_rng_state
 
@@ -139,6 +140,16 @@ def _non_trainable_tensors(module: nn.Module | None) -> list[torch.Tensor]:
     return [t for t in module.buffers()] + [p for p in module.parameters() if not p.requires_grad]
 
 
+def _snapshot(module: nn.Module | None) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in _non_trainable_tensors(module)]
+
+
+@torch.no_grad()
+def _restore(module: nn.Module | None, snapshot: list[torch.Tensor]) -> None:
+    for t, s in zip(_non_trainable_tensors(module), snapshot):
+        t.copy_(s)
+
+
 def _unwrap(m: nn.Module | None) -> nn.Module | None:
     return getattr(m, "module", m)
 
@@ -234,7 +245,7 @@ class Trainer:
         self.raw_model.set_step(step)
         lr = self._set_lr(step)
         # in-place state that a non-finite step must not corrupt (EMA codebooks, BatchNorm running stats)
-        snapshot = [t.detach().clone() for t in _non_trainable_tensors(self.model)]
+        snapshot = _snapshot(self.model)
         self.opt_g.zero_grad(set_to_none=True)
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)  # the generator step needs no discriminator weight gradients
@@ -274,9 +285,7 @@ class Trainer:
             self.counters.bad_in_a_row = 0
         else:
             self.opt_g.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for t, s in zip(_non_trainable_tensors(self.model), snapshot):
-                    t.copy_(s)
+            _restore(self.model, snapshot)
             self.counters.skipped_steps += 1
             self.counters.bad_in_a_row += 1
         totals.setdefault("disc_factor", 0.0)
@@ -289,7 +298,7 @@ class Trainer:
     def _train_discriminator(self, step: int, micro, totals: dict[str, float]) -> bool:
         assert self.discriminator is not None and self.opt_d is not None and self.gan is not None
         self.discriminator.requires_grad_(True)
-        snapshot = [t.detach().clone() for t in _non_trainable_tensors(self.discriminator)]
+        snapshot = _snapshot(self.discriminator)
         self.opt_d.zero_grad(set_to_none=True)
         # during the warm-up (before disc_start) the discriminator trains at full factor; the generator does not
         # see the adversarial term yet
@@ -314,9 +323,7 @@ class Trainer:
             totals["disc_grad_norm"] = float(dnorm)
         else:
             self.opt_d.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for t, s in zip(_non_trainable_tensors(self.discriminator), snapshot):
-                    t.copy_(s)
+            _restore(self.discriminator, snapshot)
             self.counters.skipped_steps += 1
             self.logger.info(f"step {step}: non-finite discriminator loss or gradient; discriminator step skipped")
         return finite
@@ -362,7 +369,7 @@ class Trainer:
                 window, n_window = {}, 0
                 tp.reset()
             if self.image_every and step % self.image_every == 0:
-                self.logger.image(step, "train_reconstruction", image_grid(res.inputs, res.reconstruction))
+                self.logger.image(step, "train_reconstruction", reconstruction_grid(res.inputs[:8], res.reconstruction[:8]))
             metric = None
             if self.val_loader is not None and (step % self.validation_interval == 0 or step == self.num_steps):
                 metrics = self.validate(step)

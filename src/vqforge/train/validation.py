@@ -10,11 +10,11 @@ from torch import nn
 from ..config import Config
 from ..eval.evaluator import evaluate
 from ..losses.objective import VQGANObjective
-from .logger import image_grid
+from ..eval.report import reconstruction_grid
 
 
 def make_validation_fn(objective: VQGANObjective, cfg: Config) -> Callable[..., tuple[dict[str, float], torch.Tensor | None]]:
-    """fn(net, batches, step) -> (scalar metrics, reconstruction grid (3, H, W) uint8 or None).
+    """fn(net, batches, step) -> (scalar metrics, reconstruction grid (H, W, 3) uint8 or None).
 
     LPIPS reuses the objective's frozen network when the perceptual loss is on. rFID (InceptionV3, ~0.2 s per image
     on a CPU) runs only when it decides the best checkpoint (train.best_metric: rfid).
@@ -41,7 +41,7 @@ def make_validation_fn(objective: VQGANObjective, cfg: Config) -> Callable[..., 
                        skipped=skipped)
         grid = None
         if res.sample_inputs is not None and res.sample_reconstructions is not None:
-            grid = image_grid(res.sample_inputs, res.sample_reconstructions)
+            grid = reconstruction_grid(res.sample_inputs, res.sample_reconstructions)
         return res.scalars(), grid
 
     return fn
