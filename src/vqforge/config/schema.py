@@ -281,6 +281,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str | None = None  # run directory; the CLI's --out wins
+    # resume from this checkpoint (a vqforge run/checkpoint directory, or a checkpoint file of the user's previous
+    # system: .pth.tar / .pt); the CLI's --resume wins; null = start from scratch
+    resume_from: str | None = None
     dist_timeout_s: int = 600
 
     def check(self, path: str) -> None:
