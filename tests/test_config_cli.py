@@ -53,7 +53,7 @@ def test_check_config_warnings_and_overrides_are_explicit(capsys):
     lines = [l for l in err.splitlines() if l.startswith("warning: ")]
     assert any(l.startswith("warning: loss.disc_weight (from model_args.lossconfig.params.disc_weight): has no effect") for l in lines)
     assert any(l.startswith("warning: train.disc_update_every (from --set train.disc_update_every)") for l in lines)
-    assert any(l.startswith("warning: train.disc_lr (from train_args.disc_lr)") for l in lines)
+    assert any(l.startswith("warning: loss.disc_start (from model_args.lossconfig.params.disc_start)") for l in lines)
 
 
 @pytest.mark.parametrize("name, sets, words", [
@@ -104,6 +104,7 @@ BASE = {"model": {"ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
         "data": {"train": ["imgs/"], "resolution": 32}}
 # fields whose new value needs a companion change to stay valid
 COMPANIONS = {"model.vqvae2.nb_levels": ["model.vqvae2.scaling_rates=[2, 2, 2]"],
+              "data.shard_id": ["data.num_shards=4"],  # a shard index needs more than one shard
               # a VQ model quantizes z_channels channels: double_z (a KL-autoencoder switch) is refused for taming
               "model.ddconfig.double_z": ["model.family=vqvae2"]}
 

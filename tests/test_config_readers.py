@@ -89,9 +89,14 @@ def test_seed_example_taming_values():
     assert cfg.loss.use_gan is True and cfg.loss.disc_start == 10000 and cfg.loss.disc_weight == 0.8
     assert cfg.loss.disc_num_layers == 2 and cfg.loss.disc_ndf == 32
     assert cfg.train.lr_schedule == "exponential" and cfg.train.lr_decay == 0.98 and cfg.train.lr_decay_every == 1000
-    assert cfg.train.out_dir == "runs/seed_taming_emavq" and cfg.train.seed == 1234
-    assert cfg.data.num_workers == 2 and cfg.data.val == ["data/val/"] and cfg.data.use_images is True
-    assert (cfg.data.resolution, cfg.data.resize, cfg.data.random_crop, cfg.data.hflip) == (64, 72, True, True)
+    assert cfg.train.disc_lr_schedule == "constant"  # the discriminator's lr does not decay
+    assert cfg.train.lr == 4.5e-6 and cfg.train.disc_lr is None and cfg.train.betas == [0.5, 0.9]
+    # run directory = folder_name + "_" + the config file's stem (issue 10: checkpoint_path is a resume file now)
+    assert cfg.train.out_dir == "runs/seed_seed_taming_emavq" and cfg.train.resume_from is None
+    assert cfg.train.seed == 1234
+    assert cfg.data.num_workers == 2 and cfg.data.use_images is True
+    assert cfg.data.train == ["data/train"] and cfg.data.val == ["data/val"]  # data_process folders
+    assert (cfg.data.resolution, cfg.data.resize, cfg.data.random_crop, cfg.data.hflip) == (64, None, False, False)
     assert cfg.log.project == "vqforge-seed" and cfg.log.wandb is False
 
 
@@ -100,7 +105,10 @@ def test_seed_example_vqvae2_values():
     v = cfg.model.vqvae2
     assert cfg.model.variant is None
     assert (v.hidden_channels, v.res_channels, v.embed_dim, v.nb_entries, v.scaling_rates) == (64, 32, 32, 256, [4, 2])
-    assert cfg.model.quantizer.decay == 0.99 and cfg.data.resolution == 64 and cfg.data.random_crop is True
+    assert cfg.data.resolution == 256 and cfg.data.random_crop is False  # whole frames at 256, as before
+    assert cfg.train.lr == 3e-4 and cfg.train.betas == [0.9, 0.999]
+    # without a GAN the previous system trained VQ-VAE-2 on MSE + VQ loss
+    assert (cfg.loss.use_gan, cfg.loss.pixel_loss, cfg.loss.perceptual_weight) == (False, "l2", 0.0)
 
 
 def test_taming_and_native_examples_load():
@@ -121,7 +129,7 @@ def test_detect_format():
 
 
 @pytest.mark.parametrize("raw, words", [
-    ({"model_type": "vqvae2", "train": {"lr": 1.0}}, ["seed format (model_type)", "native format (train)"]),
+    ({"model_type": "vqvae2", "train_args": {}, "loss": {"use_gan": True}}, ["seed format (model_type, train_args)", "native format (loss)"]),
     ({"model": {"target": "taming.models.vqgan.VQModel", "n_embed": 4}}, ["taming format (model.target)", "native format (model.n_embed)"]),
     ({"hello": 1}, ["none of its keys", "model_type", "model.target"]),
     ({"model_typ": "vqvae2"}, ["did you mean 'model_type'"]),
@@ -191,22 +199,23 @@ def test_seed_mapping_details():
     raw = seed()
     raw["model_args"]["ckpt_path"] = "old.ckpt"
     raw["model_args"]["lossconfig"]["params"].update(use_actnorm=True, disc_loss="vanilla", perceptual_weight=0.5)
-    raw["train_args"].update(beta1=0.1, disc_beta2=0.95, disc_lr=2e-4, checkpoint_path="out", grad_clip=1.0,
-                             precision="bf16", ema_decay=0.999, device="cpu", save_interval=7, validation_interval=9,
+    raw["train_args"].update(beta1=0.1, checkpoint_path="old/checkpoint.pth.tar", folder_name="out", grad_clip=1.0,
+                             precision="bf16", ema_decay=0.999, save_interval=7, validation_interval=9,
                              grad_accum_steps=2)
     raw["data_args"].update(num_threads=3, sequence_length=4, seed=11, validation_data_files="v/")
     raw.update(use_wandb=True, project_name="p")
     cfg = parse_config(raw)
     assert cfg.model.init_from == "old.ckpt"
     assert cfg.loss.disc_norm == "act" and cfg.loss.disc_loss == "vanilla" and cfg.loss.perceptual_weight == 0.5
-    assert cfg.train.betas == [0.1, 0.9] and cfg.train.disc_betas == [0.5, 0.95] and cfg.train.disc_lr == 2e-4
+    assert cfg.train.betas == [0.1, 0.9] and cfg.train.disc_betas == [0.5, 0.9] and cfg.train.disc_lr is None
+    assert cfg.train.resume_from == "old/checkpoint.pth.tar"  # checkpoint_path resumes (issue 10)
     assert (cfg.train.out_dir, cfg.train.grad_clip, cfg.train.precision, cfg.train.ema_decay) == ("out", 1.0, "bf16", 0.999)
-    assert (cfg.train.device, cfg.train.save_interval, cfg.train.validation_interval) == ("cpu", 7, 9)
+    assert (cfg.train.device, cfg.train.save_interval, cfg.train.validation_interval) == ("auto", 7, 9)
     assert cfg.train.grad_accum_steps == 2 and cfg.train.seed == 11
     assert (cfg.data.num_workers, cfg.data.sequence_length, cfg.data.val) == (3, 4, ["v/"])
     assert cfg.data.train == ["imgs/"] and cfg.data.resolution == 32  # resolution from ddconfig when not given
     assert cfg.log.wandb is True and cfg.log.project == "p"
-    assert cfg.train.lr_schedule == "constant"
+    assert cfg.train.lr_schedule == "exponential" and cfg.train.lr_decay == 0.99  # the previous system's default
     assert {"loss.disc_start", "train.betas", "model.ddconfig.ch", "data.val", "log.project"} <= cfg._explicit
     assert "train.disc_update_every" not in cfg._explicit  # a format default, not the user's choice
 
@@ -245,17 +254,18 @@ def test_the_users_mismatch_vqvae2_with_emavq():
     assert any(l.startswith("loss.disc_start ") for l in lines)
 
 
-def test_use_gan_default_follows_lossconfig():
+def test_use_gan_defaults_to_true():
+    # the previous system's default (issue 10: formerly it followed lossconfig)
     raw = seed()
     del raw["train_args"]["use_gan"]
-    cfg, lines = parse_config_with_warnings(raw)
-    assert cfg.loss.use_gan is True and any("use_gan: not given" in l for l in lines)
+    assert parse_config(raw).loss.use_gan is True
     del raw["model_args"]["lossconfig"]
-    assert parse_config(raw).loss.use_gan is False
+    cfg = parse_config(raw)  # without a lossconfig: the loss that system built then
+    assert cfg.loss.use_gan is True and (cfg.loss.disc_start, cfg.loss.disc_weight) == (10000, 0.8)
 
 
 def test_vqvae2_old_names_and_top_level_rates():
-    raw = {"model_type": "vqvae2", "data_args": {"training_data_files": "imgs"},
+    raw = {"model_type": "vqvae2", "data_args": {"training_data_files": "imgs"}, "train_args": {"use_gan": False},
            "model_args": {"input_channels": 1, "vocab_size": 128, "n_init": 16, "n_hid": 32, "nb_levels": 3},
            "scaling_rates": [2, 2, 2]}
     cfg = parse_config(raw)
@@ -270,14 +280,16 @@ def test_vqvae2_old_names_and_top_level_rates():
     assert parse_config(raw).model.vqvae2.nb_levels == 3
 
 
-def test_data_process_mapping():
-    raw = seed(data_process={"train": {"size": 32, "resize": 40, "crop": "center", "random_flip": True},
-                             "vaild": {"resolution": 32, "random_crop": True}})
-    cfg, lines = parse_config_with_warnings(raw)
-    assert (cfg.data.resolution, cfg.data.resize, cfg.data.random_crop, cfg.data.hflip) == (32, 40, False, True)
-    assert any("data_process.vaild.random_crop: no effect" in l for l in lines)
-    raw["data_process"]["valid"] = raw["data_process"].pop("vaild")
-    assert parse_config(raw).data.resolution == 32
+def test_data_process_folders_replace_the_lists():
+    # issue 10: data_process.train / .vaild are folders (formerly crop settings); crops are reached with --set
+    raw = seed(data_process={"train": "clips/train", "vaild": "clips/val"})
+    raw["data_args"]["validation_data_files"] = ["a.mp4"]
+    cfg, lines = parse_config_with_warnings(raw, ["data.random_crop=true", "data.hflip=true", "data.resize=40"])
+    assert cfg.data.train == ["clips/train"] and cfg.data.val == ["clips/val"]
+    assert (cfg.data.resize, cfg.data.random_crop, cfg.data.hflip) == (40, True, True)
+    assert any(l.startswith("data_args.training_data_files = ['imgs/']: ignored") for l in lines)
+    e = error_of(seed(data_process={"valid": "clips/val"}))
+    assert e.path == "data_process" and "did you mean 'vaild'" in e.fix
 
 
 # --------------------------------------------------------------------------------------------------- taming mapping
@@ -348,20 +360,18 @@ def test_taming_errors(mutate, path, word):
     (lambda r: r["model_args"]["ddconfig"].update(ch_mult=[]), "model_args.ddconfig.ch_mult", "is empty"),
     (lambda r: r["model_args"].update(n_embed=1), "model_args.n_embed", "must be >= 2"),
     (lambda r: r["model_args"]["ddconfig"].update(resolution=33), "model_args.ddconfig.resolution", "not divisible"),
-    (lambda r: r.update(data_process={"train": {"resolution": 31}}), "data_process.train.resolution", "not divisible"),
-    (lambda r: r["model_args"]["ddconfig"].update(attn_resolutions=[8]), "model_args.ddconfig.attn_resolutions", "never occur"),
+    (lambda r: r.update(data_process={"train": {"resolution": 31}}), "data_process.train", "expected a data folder path"),
     # a variant from another family / unknown values
     (lambda r: r["model_args"].update(model_variant="VQVAE2"), "model_args.model_variant", "not a taming variant"),
-    (lambda r: r.update(model_type="vqvae"), "model_type", "did you mean 'vqvae2'"),
+    (lambda r: r.update(model_type="VQVAE3"), "model_type", "did you mean 'VQVAE2'"),
+    (lambda r: r.update(model_type="vqvae"), "model_type", "not available in vqforge yet"),
     (lambda r: (r.update(model_type="emavq"), r["model_args"].update(model_variant="VQModel")), "model_args.model_variant", "implies variant EMAVQ"),
     (lambda r: r["model_args"]["lossconfig"].update(target="my.losses.L2Loss"), "model_args.lossconfig.target", "VQLPIPSWithDiscriminator"),
     # given twice with different meanings
-    (lambda r: r["train_args"].update(disc_start=5), "train_args.disc_start", "model_args.lossconfig.params.disc_start"),
     (lambda r: r["train_args"].update(disc_weight=0.1), "train_args.disc_weight", "model_args.lossconfig.params.disc_weight"),
-    (lambda r: r["data_args"].update(num_workers=1, num_threads=2), "data_args.num_threads", "data_args.num_workers"),
-    (lambda r: r.update(data_process={"train": {"resolution": 32}, "vaild": {"resolution": 64}}), "data_process.vaild.resolution", "same resolution"),
-    (lambda r: r.update(data_process={"vaild": {"size": 32}, "valid": {"size": 16}}), "data_process.valid.size", "data_process.vaild.size"),
-    (lambda r: r["train_args"].update(disc_lr=-1.0), "train_args.disc_lr", "must be > 0"),
+    (lambda r: r["data_args"].update(num_workers=1, num_threads=2), "data_args.num_workers", "data_args.num_threads"),
+    (lambda r: r["train_args"].update(lr_decay=0), "train_args.lr_decay", "must be in (0, 1]"),
+    (lambda r: r["data_args"].update(shard_id=2, num_shards=2), "data_args.shard_id", "must be in [0, num_shards)"),
 ])
 def test_seed_config_errors(mutate, path, word):
     raw = seed()
@@ -373,14 +383,8 @@ def test_seed_config_errors(mutate, path, word):
 
 
 @pytest.mark.parametrize("model_args, extra, path, word", [
-    ({"n_hid": 64, "hidden_channels": 32}, {}, "model_args.n_hid", "remove model_args.n_hid"),
-    ({"vocab_size": 64, "nb_entries": 32}, {}, "model_args.vocab_size", "older name of nb_entries"),
-    ({"n_init": 8, "embed_dim": 16}, {}, "model_args.n_init", "older name of embed_dim"),
-    ({"input_channels": 1, "in_channels": 3}, {}, "model_args.input_channels", "older name of in_channels"),
-    ({"scaling_rates": [4, 2]}, {"scaling_rates": [8, 2]}, "scaling_rates", "model_args.scaling_rates"),
     ({"nb_levels": 3, "scaling_rates": [4, 2]}, {}, "model_args.scaling_rates", "nb_levels is 3"),
     ({"scaling_rates": [3, 2]}, {}, "model_args.scaling_rates", "not powers of two"),
-    ({"scaling_rates": [4, 4]}, {"data_process": {"train": {"size": 40}}}, "data_process.train.size", "product of scaling_rates (16)"),
     ({"nb_entries": 1}, {}, "model_args.nb_entries", "must be >= 2"),
 ])
 def test_vqvae2_config_errors(model_args, extra, path, word):
@@ -440,8 +444,9 @@ def test_vqvae2_ignores_taming_fields():
     raw = {"model_type": "vqvae2", "model_args": {"n_embed": 16, "ddconfig": {"ch": 64}},
            "data_args": {"training_data_files": "imgs"}}
     lines = parse_config_with_warnings(raw)[1]
-    assert any(l.startswith("model.n_embed (from model_args.n_embed): has no effect") for l in lines)
-    assert any(l.startswith("model.ddconfig.ch (from model_args.ddconfig.ch)") for l in lines)
+    # the previous system's VQ-VAE-2 dropped them; they load and are listed (issue 10: formerly mapped, then unused)
+    assert any(l.startswith("model_args.n_embed: has no effect") and "ignored it too" in l for l in lines)
+    assert any(l.startswith("model_args.ddconfig: has no effect") for l in lines)
 
 
 def test_load_config_emits_one_warning(tmp_path):
@@ -454,7 +459,8 @@ def test_load_config_emits_one_warning(tmp_path):
     ours = [w for w in caught if issubclass(w.category, ConfigWarning)]
     assert len(ours) == 1
     text = str(ours[0].message)
-    assert "loss.disc_factor (from train_args.disc_factor)" in text and "train.disc_lr (from train_args.disc_lr)" in text
+    # taming models: train_args.disc_* were ignored by the previous system, and are here, by name (issue 10)
+    assert "train_args.disc_factor = 0.3: ignored" in text and "train_args.disc_lr = 0.0001: ignored" in text
     assert "loss.disc_start (from model_args.lossconfig.params.disc_start)" in text
     assert cfg.loss.use_gan is False
     # a clean native config emits nothing

@@ -11,7 +11,7 @@ from .schema import Config
 GAN_FIELDS = (
     "loss.disc_loss", "loss.disc_start", "loss.disc_factor", "loss.disc_weight", "loss.disc_num_layers",
     "loss.disc_ndf", "loss.disc_in_channels", "loss.disc_norm",
-    "train.disc_lr", "train.disc_betas", "train.disc_update_every", "train.disc_warmup_steps",
+    "train.disc_lr", "train.disc_betas", "train.disc_update_every", "train.disc_warmup_steps", "train.disc_lr_schedule",
 )
 _Q = "model.quantizer."
 EMA_FIELDS = (_Q + "decay", _Q + "eps")

@@ -76,6 +76,8 @@ class NativeBuilder:
             why: str | None = None) -> None:
         """Set native `path` from the user's key `source`. A second, different value for `path` is an error."""
         prev = self._values.get(path)
+        if prev is not None and prev[0] == "(default)":
+            prev = None  # a format default gives way to the user's key
         if prev is not None:
             src0, v0 = prev
             if not same_value(v0, value):
@@ -195,4 +197,22 @@ def class_name(target: Any, where: str) -> str:
     return target.strip().rsplit(".", 1)[-1]
 
 
-__all__ = ["Mapped", "NativeBuilder", "translate_error", "check_keys", "section", "class_name", "same_value"]
+def reachable_attention(b: NativeBuilder, model_args: dict, where: str) -> None:
+    """Drop ddconfig.attn_resolutions the encoder never reaches (both reference systems build no attention there)."""
+    ddc = model_args.get("ddconfig")
+    if not isinstance(ddc, dict):
+        return
+    attn, res, mult = ddc.get("attn_resolutions"), ddc.get("resolution", 256), ddc.get("ch_mult", [1, 1, 2, 2, 4])
+    if not (isinstance(attn, list) and isinstance(res, int) and isinstance(mult, list) and mult
+            and all(isinstance(r, int) for r in attn)):
+        return  # the strict schema checks report malformed values
+    used = [res // 2**i for i in range(len(mult))]
+    keep, drop = [r for r in attn if r in used], [r for r in attn if r not in used]
+    if drop:
+        b.native.setdefault("model", {}).setdefault("ddconfig", {})["attn_resolutions"] = keep
+        b.note(f"{where}.ddconfig.attn_resolutions: {drop} never occur (this encoder works at {used}), so no "
+               "attention is built there (the system this format comes from builds none there either); the middle "
+               "block keeps its attention")
+
+
+__all__ = ["reachable_attention", "Mapped", "NativeBuilder", "translate_error", "check_keys", "section", "class_name", "same_value"]

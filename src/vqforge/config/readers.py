@@ -25,17 +25,20 @@ from .jsonc import loads_jsonc
 from .mapping import Mapped, translate_error
 from .parse import closest, field_paths, from_dict, to_dict
 from .schema import Config, ModelConfig, DataConfig, TrainConfig
+from .later import SECTIONS as LATER_SECTIONS
+from .later import TOP_KEYS as LATER_KEYS
+from .later import later_to_native
 from .seed import TOP_KEYS as SEED_KEYS
 from .seed import seed_to_native
 from .taming import taming_to_native
 
-FORMATS = ("native", "seed", "taming")
+FORMATS = ("native", "seed", "taming", "later")
 NATIVE_SECTIONS = ("model", "loss", "data", "train", "log")
 _TAMING_MODEL_KEYS = ("target", "params", "base_learning_rate")
 _TAMING_DATA_KEYS = ("target", "params")
 _FORMAT_HELP = ("native: top-level model/loss/data/train/log; seed format: model_type/model_args/train_args/"
-                "data_args/data_process/use_images/use_wandb/project_name; taming YAML: model.target + model.params "
-                "(+ data.params, lightning)")
+                "data_args/data_process/use_images/use_wandb/project_name; its later format: model_type/model_args + "
+                "data/train/wandb; taming YAML: model.target + model.params (+ data.params, lightning)")
 FIELD_PATHS: tuple[str, ...] = tuple(field_paths(Config))
 SUFFIXES = {".json": "json", ".jsonc": "json", ".yaml": "yaml", ".yml": "yaml"}
 
@@ -133,6 +136,8 @@ def detect_format(raw: dict) -> str:
     """'native', 'seed' or 'taming' from the top-level keys; a mix or none -> ConfigError."""
     if not raw:
         return "native"
+    if "model_type" in raw and any(k in raw for k in LATER_SECTIONS) and set(raw) <= set(LATER_KEYS):
+        return "later"  # model_type + data/train/wandb sections: the seed format's later version
     marks = _format_marks(raw)
     found = [f for f in FORMATS if marks[f]]
     if len(found) == 1:
@@ -222,7 +227,8 @@ def _cross_checks(cfg: Config, sources: dict[str, str]) -> None:
                                           "set double_z: false"), sources)
 
 
-def _parse(raw: Any, overrides: Iterable[str], fmt: str) -> tuple[Config, list[tuple[str, str]], Mapped]:
+def _parse(raw: Any, overrides: Iterable[str], fmt: str, name: str | None = None
+           ) -> tuple[Config, list[tuple[str, str]], Mapped]:
     if not isinstance(raw, dict):
         raise ConfigError("<root>", f"the config must be a mapping, got {type(raw).__name__}", "write key: value pairs")
     if fmt == "auto":
@@ -230,11 +236,13 @@ def _parse(raw: Any, overrides: Iterable[str], fmt: str) -> tuple[Config, list[t
     if fmt == "native":
         mapped = _native_mapped(raw)
     elif fmt == "seed":
-        mapped = seed_to_native(raw)
+        mapped = seed_to_native(raw, name)
     elif fmt == "taming":
         mapped = taming_to_native(raw)
+    elif fmt == "later":
+        mapped = later_to_native(raw)
     else:
-        raise ConfigError("fmt", f"unknown config format {fmt!r}", "use auto, native, seed or taming")
+        raise ConfigError("fmt", f"unknown config format {fmt!r}", "use auto, native, seed, taming or later")
     set_keys = _apply_overrides(mapped, overrides)
 
     derived: set[str] = set()
@@ -265,21 +273,25 @@ def _warning_lines(mapped: Mapped, found: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
-def parse_config_with_warnings(raw: dict, overrides: Iterable[str] = (), fmt: str = "auto") -> tuple[Config, list[str]]:
-    """Like `parse_config`, and also return the warning lines (reader notes + ineffective settings)."""
-    cfg, found, mapped = _parse(raw, overrides, fmt)
+def parse_config_with_warnings(raw: dict, overrides: Iterable[str] = (), fmt: str = "auto", name: str | None = None
+                               ) -> tuple[Config, list[str]]:
+    """Like `parse_config`, and also return the warning lines (reader notes + ineffective settings).
+
+    `name` is the config file's stem; the seed format's run directory is `train_args.folder_name` + "_" + name.
+    """
+    cfg, found, mapped = _parse(raw, overrides, fmt, name)
     return cfg, _warning_lines(mapped, found)
 
 
-def parse_config(raw: dict, overrides: Iterable[str] = (), fmt: str = "auto") -> Config:
-    """A parsed config dict (native, seed or taming; `fmt="auto"` detects) -> validated Config. Emits no warning."""
-    return _parse(raw, overrides, fmt)[0]
+def parse_config(raw: dict, overrides: Iterable[str] = (), fmt: str = "auto", name: str | None = None) -> Config:
+    """A parsed config dict (native, seed, taming or later; `fmt="auto"` detects) -> validated Config. No warning."""
+    return _parse(raw, overrides, fmt, name)[0]
 
 
 def load_config_with_warnings(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Config, list[str]]:
     """Read and validate a config file; return it with its warning lines (nothing is emitted)."""
     raw = read_raw(path)
-    return parse_config_with_warnings(raw, overrides)
+    return parse_config_with_warnings(raw, overrides, name=Path(path).stem)
 
 
 def format_warnings(lines: list[str]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from .mapping import Mapped, NativeBuilder, check_keys, class_name, section
+from .mapping import Mapped, NativeBuilder, check_keys, class_name, reachable_attention, section
 
 MODEL_TARGETS = ("VQModel", "EMAVQ", "GumbelVQ")
 
@@ -158,6 +158,7 @@ def taming_to_native(raw: dict) -> Mapped:
     b.put("model.n_embed", params["n_embed"], "model.params.n_embed")
     b.put("model.embed_dim", params["embed_dim"], "model.params.embed_dim")
     b.put_tree("model.ddconfig", params["ddconfig"], "model.params.ddconfig")
+    reachable_attention(b, params, "model.params")
     if params.get("ckpt_path") is not None:
         b.put("model.init_from", params["ckpt_path"], "model.params.ckpt_path")
     ignore = params.get("ignore_keys")

@@ -85,9 +85,26 @@ def _resolve_split(cfg: DataConfig, split: str) -> list[Path]:
     entries = cfg.train if split == "train" else cfg.val
     if not entries:
         return []
-    paths = resolve_sources(entries, f"data.{split}")
+    paths = shard_slice(resolve_sources(entries, f"data.{split}"), cfg.shard_id, cfg.num_shards)
     _check_kinds(cfg, paths, f"data.{split}")
     return paths
+
+
+def shard_slice(paths: list[Path], shard_id: int, num_shards: int) -> list[Path]:
+    """The shard_id-th of num_shards contiguous slices of `paths` (data.shard_id / data.num_shards).
+
+    Each slice has len // num_shards files and the last one also takes the remainder, as in the previous system's
+    data pipeline. A slice without files is a ConfigError (the previous system would have trained on nothing).
+    """
+    if num_shards <= 1:
+        return paths
+    per = len(paths) // num_shards
+    start = shard_id * per
+    end = start + per if shard_id < num_shards - 1 else len(paths)
+    if end <= start:
+        raise ConfigError("data.shard_id", f"shard {shard_id} of {num_shards} is empty: the list has only "
+                          f"{len(paths)} files", "use fewer shards (data.num_shards) or give more files")
+    return paths[start:end]
 
 
 def check_data_config(cfg: DataConfig) -> DataSources:

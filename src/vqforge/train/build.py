@@ -116,7 +116,8 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
              if discriminator is not None else None)
     gan = (GanSchedule(lc.disc_start, t.disc_update_every, t.disc_warmup_steps, lc.disc_factor)
            if discriminator is not None else None)
-    plan = LRPlan(lr, disc_lr, t.lr_schedule, t.num_steps, t.warmup_steps, t.lr_decay, t.lr_decay_every, t.min_lr)
+    plan = LRPlan(lr, disc_lr, t.lr_schedule, t.num_steps, t.warmup_steps, t.lr_decay, t.lr_decay_every, t.min_lr,
+                  disc_follows_schedule=t.disc_lr_schedule == "same")
 
     stream = build_train_stream(cfg.data, t.seed, dist.rank(), dist.world_size())
     val_loader = build_val_loader(cfg.data, dist.rank(), dist.world_size()) if (cfg.data.val or cfg.data.source != "files") else None

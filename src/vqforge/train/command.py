@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import distributed as dist
+from ..config.differences import format_differences, previous_system_differences
 from ..errors import CheckpointError
 
 
@@ -29,12 +30,16 @@ def train_main(args) -> int:
         from .build import build_run
 
         run_dir = default_run_dir(cfg, args.config, args.out)
-        if not args.resume and (run_dir / "checkpoints" / "latest").exists():
+        resume = args.resume or cfg.train.resume_from  # --resume wins over the config's train.resume_from
+        if not resume and (run_dir / "checkpoints" / "latest").exists():
             raise CheckpointError(
                 f"{run_dir} already holds a training run; continue it with --resume {run_dir}, "
                 "or train into another directory with --out"
             )
-        run = build_run(cfg, run_dir, resume=args.resume, warnings=warns)
+        run = build_run(cfg, run_dir, resume=resume, warnings=warns)
+        differences = previous_system_differences(cfg)
+        if differences:
+            run.logger.info(format_differences(differences))
         try:
             metrics = run.trainer.fit()
             if dist.is_main():

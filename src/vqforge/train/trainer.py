@@ -55,6 +55,7 @@ class LRPlan:
     decay: float
     decay_every: int
     min_lr: float
+    disc_follows_schedule: bool = True  # false: the discriminator's lr stays at disc_base_lr (train.disc_lr_schedule)
 
     def factor(self, step: int) -> float:
         return lr_factor(step, self.schedule, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
@@ -225,8 +226,9 @@ class Trainer:
         for g in self.opt_g.param_groups:
             g["lr"] = self.lr_plan.base_lr * f
         if self.opt_d is not None:
+            fd = f if self.lr_plan.disc_follows_schedule else 1.0
             for g in self.opt_d.param_groups:
-                g["lr"] = self.lr_plan.disc_base_lr * f
+                g["lr"] = self.lr_plan.disc_base_lr * fd
         return self.lr_plan.base_lr * f
 
     def _next_inputs(self) -> torch.Tensor:
