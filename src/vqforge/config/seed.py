@@ -152,7 +152,8 @@ def inert(b: NativeBuilder, key: str, why: str) -> None:
 
 def ignored(b: NativeBuilder, key: str, value: Any, instead: str, would: str) -> None:
     """A value the previous system silently ignored: vqforge ignores it too and says what applies instead."""
-    b.note(f"{key} = {value!r}: ignored, as the previous system ignored it: {instead}; it takes effect {would}")
+    shown = f"[{value[0]!r}, ... {len(value)} entries]" if isinstance(value, list) and len(value) > 3 else repr(value)
+    b.note(f"{key} = {shown}: ignored, as the previous system ignored it: {instead}; it takes effect {would}")
 
 
 def map_model_type(b: NativeBuilder, mt: Any, where: str = "model_type") -> str:
@@ -228,10 +229,16 @@ def map_taming_model(b: NativeBuilder, args: dict, where: str, *, variant_from_t
     reachable_attention(b, args, where)
 
 
+_FIXED_THERE = {"decay": "its codebooks always used EMA decay 0.99", "eps": "its codebooks always used eps 1e-5",
+                "beta": "its commitment weight was fixed", "commitment_cost": "its commitment weight was fixed"}
+
+
 def inert_model_args(b: NativeBuilder, args: dict, used: tuple[str, ...], family_text: str, where: str) -> None:
     for key in args:
         if key not in used and key not in VQFORGE_MODEL_ARGS:
-            inert(b, f"{where}.{key}", f"{family_text} does not use it")
+            why = f"{family_text} does not use it" + (f" ({_FIXED_THERE[key]})" if key in _FIXED_THERE else "")
+            inert(b, f"{where}.{key}", why + "; vqforge's own setting is model.quantizer.*"
+                  if key in _FIXED_THERE else why)
 
 
 # ---------------------------------------------------------------------------------------------------------- reader
@@ -455,7 +462,7 @@ def _map_data(b: NativeBuilder, raw: dict, args: dict, dp: dict) -> None:
                               "--set data.resolution=256 --set data.random_crop=true --set data.hflip=true)")
         b.put("data.train" if split == "train" else "data.val", [folder], src)
         if lst in args:
-            ignored(b, f"data_args.{lst}", _short(args[lst]), f"{src} ({folder!r}) replaces it",
+            ignored(b, f"data_args.{lst}", args[lst], f"{src} ({folder!r}) replaces it",
                     f"only without {src}")
     for key, path in {**USER_DATA_ARGS, **VQFORGE_DATA_ARGS}.items():
         if key not in args or (key in dirs and dp.get(dirs[key]) is not None):
@@ -464,12 +471,6 @@ def _map_data(b: NativeBuilder, raw: dict, args: dict, dp: dict) -> None:
         if key in dirs and isinstance(value, str):
             value = [value]
         b.put(path, value, f"data_args.{key}")
-
-
-def _short(value: Any) -> Any:
-    if isinstance(value, list) and len(value) > 3:
-        return f"[{value[0]!r}, ... {len(value)} entries]"
-    return value
 
 
 __all__ = ["seed_to_native", "TOP_KEYS", "MODEL_ARGS", "USER_TRAIN_ARGS", "USER_DATA_ARGS", "SEED_DEFAULTS",
