@@ -404,6 +404,28 @@ def test_differences_block_lists_what_applies():
     assert previous_system_differences(parse_config({"data": {"source": "sample_photos"}})) == []
 
 
+def test_lr_decay_leaves_the_discriminator_alone():
+    """train.disc_lr_schedule: constant (the seed format's default) keeps the discriminator at disc_lr."""
+    import torch
+
+    from vqforge.train.trainer import LRPlan, Trainer
+
+    class Parts:  # the attributes Trainer._set_lr reads
+        pass
+
+    for follows, expected_d in ((False, 1e-3), (True, 1e-3 * 0.5**3)):
+        parts = Parts()
+        parts.opt_g = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        parts.opt_d = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        parts.lr_plan = LRPlan(2e-3, 1e-3, "exponential", 100, 0, 0.5, 10, 0.0, disc_follows_schedule=follows)
+        assert Trainer._set_lr(parts, 35) == pytest.approx(2e-3 * 0.5**3)
+        assert parts.opt_g.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.5**3)
+        assert parts.opt_d.param_groups[0]["lr"] == pytest.approx(expected_d)
+    cfg, _ = resolve(TAMING, {})
+    assert cfg.train.disc_lr_schedule == "constant"
+    assert parse_config({"data": {"source": "sample_photos"}}).train.disc_lr_schedule == "same"  # native default
+
+
 # ------------------------------------------------------------------------------------------------------ training
 
 def _images(folder: Path, n: int, seed: int) -> Path:

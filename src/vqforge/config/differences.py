@@ -30,8 +30,9 @@ def previous_system_differences(cfg: Config) -> list[str]:
         out.append(f"frames are resized on their shorter side to {data.resize or data.resolution} and center-cropped "
                    f"to {data.resolution}×{data.resolution}; the previous system stretched whole frames to "
                    f"{data.resolution}×{data.resolution} (the same for square frames)")
-        out.append("data folders are searched recursively for image and video files; the previous system took every "
-                   "entry at the folder's top level")
+        took = "every entry" if first else "the image or video files"
+        out.append(f"data folders are searched recursively for image and video files; the previous system took {took} "
+                   "at the folder's top level only")
     if first and data.shuffle:
         out.append("training samples are shuffled (every epoch, reproducibly from train.seed); the previous system "
                    "read them in a fixed order (--set data.shuffle=false for that)")
@@ -40,9 +41,9 @@ def previous_system_differences(cfg: Config) -> list[str]:
                    "notes describe; its code stepped the taming discriminator every step "
                    "(--set train.disc_update_every=1 for that)")
     if loss.use_gan and m.family != "taming":
-        out.append("the adversarial weight is taming's adaptive weight × disc_weight (0.8); the previous system also "
-                   "scaled it by min(1, |step − disc_start| / (2·disc_start)) and added noise to the discriminator's "
-                   "inputs, which vqforge does not")
+        out.append("the adversarial weight is taming's adaptive weight (clamped at 1e4) × disc_weight (0.8); the "
+                   "previous system clamped it at 1e2, scaled it by min(1, |step − disc_start| / (2·disc_start)) "
+                   "and added noise to the discriminator's inputs, which vqforge does not")
     if first and t.lr_schedule == "exponential" and t.lr_decay < 1:
         out.append(f"the learning rate is multiplied by {t.lr_decay:g} from step {t.lr_decay_every} on, every "
                    f"{t.lr_decay_every} steps; the previous system's scheduler changed it one step later")
