@@ -253,10 +253,7 @@ def seed_to_native(raw: dict, config_stem: str | None = None) -> Mapped:
     family = map_model_type(b, raw.get("model_type"))
     model_args = section(raw, "model_args", "model_args")
     check_keys(model_args, MODEL_ARGS, "model_args")
-    if family == "taming":
-        _map_taming_args(b, raw, model_args)
-    else:
-        _map_vqvae2_args(b, raw, model_args)
+    MODEL_ARGS_MAPPERS[family](b, raw, model_args)
 
     train_args = section(raw, "train_args", "train_args")
     check_keys(train_args, USER_TRAIN_ARGS + tuple(INERT_TRAIN_ARGS) + tuple(VQFORGE_TRAIN_ARGS) + tuple(_BETAS),
@@ -334,6 +331,11 @@ def _map_vqvae2_args(b: NativeBuilder, raw: dict, args: dict) -> None:
     if "quantizer" in args:
         b.put_tree("model.quantizer", args["quantizer"], "model_args.quantizer")
     inert_model_args(b, args, VQVAE2_MODEL_ARGS, "the VQ-VAE-2 family (model_type vqvae2)", "model_args")
+
+
+# family -> the mapping of its model_args (a family added to FAMILY_ALIASES adds its mapper here; every family but
+# taming takes train_args.lr / disc_* / pixel_loss_factor / perceptual_loss_factor, see _map_train_args)
+MODEL_ARGS_MAPPERS = {"taming": _map_taming_args, "vqvae2": _map_vqvae2_args}
 
 
 def _map_train_args(b: NativeBuilder, args: dict, model_args: dict, family: str, stem: str | None) -> None:
