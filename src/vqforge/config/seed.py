@@ -203,7 +203,7 @@ def map_taming_model(b: NativeBuilder, args: dict, where: str, *, variant_from_t
         if key in args:
             b.put(path, args[key], f"{where}.{key}")
             if alt in args:
-                ignored(b, f"{where}.{alt}", args[alt], f"{where}.{key} = {args[key]!r} sets the same value",
+                ignored(b, f"{where}.{alt}", args[alt], f"{where}.{key} = {args[key]!r} wins",
                         f"only without {where}.{key}")
         elif alt in args:
             b.put(path, args[alt], f"{where}.{alt}")
