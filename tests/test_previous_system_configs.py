@@ -374,6 +374,25 @@ def test_the_users_real_first_version_files(rel, tmp_path, capsys):
         assert code == 0, err
 
 
+REAL_LATER = ["VQGAN/config.json", "RVQ-VQGAN/config.json", "RVQ-VQGAN/config-1.json", "RVQ-VQGAN/config-2.json",
+              "RVQ-VQGAN-1/config.json", "RVQ-VQGAN-1/config-1.json", "RVQ-VQGAN-1/config-2.json", "PQ-GAN/config.json"]
+
+
+@pytest.mark.skipif(not MIRROR.is_dir(), reason="the user's repository mirror is not on this machine")
+@pytest.mark.parametrize("rel", REAL_LATER)
+def test_the_users_real_later_files(rel, tmp_path, capsys):
+    text = subprocess.run(["git", "-C", str(MIRROR), "show", f"HEAD:DCVC-family/DCVC/vqgan/{rel}"],
+                          capture_output=True, text=True, check=True).stdout
+    p = tmp_path / "config.json"
+    p.write_text(text)
+    code = main(["check-config", str(p)])
+    err = capsys.readouterr().err
+    if rel.startswith("PQ-GAN"):
+        assert code == 2 and "'PQEMAVQ'" in err and "not available in vqforge yet" in err
+    else:
+        assert code == 0, err
+
+
 # ------------------------------------------------------------------------------------------------- the data side
 
 def test_shards_are_contiguous_slices(tmp_path):

@@ -1,4 +1,5 @@
-"""Config: one typed schema (`schema.py`) and readers for the native, seed and taming formats (`readers.py`)."""
+"""Config: one typed schema (`schema.py`) and readers for the native, seed (and its later layout) and taming formats
+(`readers.py`); `differences.py` lists where a run from the user's own files differs from the previous system."""
 
 from .parse import field_paths, from_dict, to_dict
 from .schema import Config, DataConfig, DDConfig, LogConfig, LossConfig, ModelConfig, QuantizerConfig, TrainConfig, VQVAE2Config

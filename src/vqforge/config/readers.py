@@ -1,4 +1,4 @@
-"""Read a config file (native, seed or taming format) into the one schema.
+"""Read a config file (native, seed, later seed or taming format) into the one schema.
 
     load_config(path, overrides=())  -> Config            (emits one ConfigWarning listing ineffective settings)
     load_config_with_warnings(path, overrides=())  -> (Config, [warning lines])   (no warnings.warn; for the CLI)
