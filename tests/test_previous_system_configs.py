@@ -137,6 +137,7 @@ def test_absent_keys_take_the_first_versions_defaults():
         assert (cfg.train.lr_schedule, cfg.train.lr_decay, cfg.train.lr_decay_every) == ("exponential", 0.99, 1000)
         assert cfg.train.disc_lr_schedule == "constant"  # the scheduler decayed the main optimizer only
         assert cfg.data.random_crop is False and cfg.data.hflip is False  # whole frames, no flip
+        assert cfg.log.wandb is False and cfg.log.project == "dalle_train_vae"
     cfg, _ = resolve(VQVAE2, {})
     assert (cfg.train.lr, cfg.train.betas) == (1e-3, [0.9, 0.999])
     assert (cfg.loss.disc_factor, cfg.loss.disc_start, cfg.loss.disc_weight) == (1.0, 20000, 0.8)
@@ -158,6 +159,9 @@ def test_folder_name_and_config_stem_make_the_run_directory(tmp_path):
     # --out still wins in the train command; --set train.out_dir overrides like any key
     cfg, _ = load_config_with_warnings(p, ["train.out_dir=elsewhere"])
     assert cfg.train.out_dir == "elsewhere"
+    q = tmp_path / "task7.v2.json"  # the previous system cut the name at its first dot
+    q.write_text(json.dumps(raw))
+    assert load_config_with_warnings(q)[0].train.out_dir == "/data/save_data_task7"
 
 
 @pytest.mark.parametrize("alias", sorted(FAMILY_ALIASES))

@@ -291,7 +291,8 @@ def parse_config(raw: dict, overrides: Iterable[str] = (), fmt: str = "auto", na
 def load_config_with_warnings(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Config, list[str]]:
     """Read and validate a config file; return it with its warning lines (nothing is emitted)."""
     raw = read_raw(path)
-    return parse_config_with_warnings(raw, overrides, name=Path(path).stem)
+    # the name up to its first dot, as the previous system cut it for run directories ("a.b.json" -> "a")
+    return parse_config_with_warnings(raw, overrides, name=Path(path).name.split(".")[0])
 
 
 def format_warnings(lines: list[str]) -> str:

@@ -132,6 +132,7 @@ SEED_DEFAULTS: dict[str, Any] = {
     "train.disc_lr_schedule": "constant",  # the scheduler was attached to the main optimizer only
     "train.disc_update_every": SEED_DISC_UPDATE_EVERY,
     "data.random_crop": False,  # whole frames, resized (no random crop)
+    "log.project": "dalle_train_vae",  # its wandb project when project_name is absent
 }
 TAMING_LR_DEFAULT = 1.0e-4  # model_adapter.py: learning_rate, else model_args.lr, else 1e-4
 TAMING_DEFAULT_LOSS = {"loss.disc_start": 10000, "loss.disc_weight": 0.8, "loss.codebook_weight": 1.0}
