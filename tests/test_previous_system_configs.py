@@ -260,6 +260,8 @@ def test_data_process_folders_win_over_the_file_lists():
     (TAMING, {"train_args.use_taming_loss": False}, "train_args.use_taming_loss", "not supported"),
     (TAMING, {"model_args.model_variant": "PQEMAVQ"}, "model_args.model_variant", "not available in vqforge yet"),
     (TAMING, {"data_args.shard_id": 3, "data_args.num_shards": 3}, "data_args.shard_id", "[0, 3)"),
+    (TAMING, {"model_args.lossconfig.params.disc_start": DELETE}, "model_args.lossconfig.params.disc_start",
+     "requires it"),
 ])
 def test_keys_the_previous_system_never_read_stay_errors(base, edits, path, words):
     with pytest.raises(ConfigError) as ei:

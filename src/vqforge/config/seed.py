@@ -222,6 +222,11 @@ def map_taming_model(b: NativeBuilder, args: dict, where: str, *, variant_from_t
         b.default("data.resolution", args["ddconfig"]["resolution"])
     if args.get("lossconfig") is not None:
         map_lossconfig(b, args["lossconfig"], f"{where}.lossconfig")
+        params = args["lossconfig"].get("params") or {}
+        if isinstance(params, dict) and "disc_start" not in params:
+            raise ConfigError(f"{where}.lossconfig.params.disc_start", "is missing: taming's "
+                              "VQLPIPSWithDiscriminator requires it (the previous system could not build this loss)",
+                              'add "disc_start": <the step from which the GAN term counts>, e.g. 10000')
     else:
         for path, value in TAMING_DEFAULT_LOSS.items():  # the loss the previous system built without a lossconfig
             b.default(path, value)
