@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a tokenizer from a config")
     sp.add_argument("config")
     sp.add_argument("--out", default=None, help="run directory (default: train.out_dir or runs/<config name>)")
-    sp.add_argument("--resume", default=None, metavar="RUN_DIR|CKPT", help="continue a run at its exact step")
+    sp.add_argument("--resume", default=None, metavar="RUN_DIR|CKPT|FILE",
+                    help="continue a run at its exact step, or from a checkpoint file of the previous system "
+                         "(.pth.tar / .pt; wins over train.resume_from)")
     add_set(sp)
 
     sp = sub.add_parser("export", help="export a run or checkpoint to config.json + model.safetensors")
@@ -46,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--ema", action="store_true", help="export the weight-EMA copy instead of the raw weights")
 
-    sp = sub.add_parser("convert", help="import a taming-transformers checkpoint")
-    sp.add_argument("ckpt")
-    sp.add_argument("--config", required=True, help="the taming YAML the checkpoint was trained with")
+    sp = sub.add_parser("convert", help="import a taming-transformers or previous-system checkpoint")
+    sp.add_argument("ckpt", help="a taming .ckpt, or a .pth.tar / .pt of the previous system")
+    sp.add_argument("--config", required=True,
+                    help="the config the checkpoint was trained with (taming YAML, the previous system's JSON, or native)")
     sp.add_argument("--out", required=True)
 
     sp = sub.add_parser("eval", help="measure a tokenizer on a data set")
