@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": ("vqforge.eval.command", "eval_main"),
     "encode": ("vqforge.eval.command", "encode_main"),
     "decode": ("vqforge.eval.command", "decode_main"),
+    "launch": ("vqforge.launch", "launch_main"),
 }
 
 
@@ -77,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--out", required=True, help="a directory for PNGs, or a .mp4 path")
     sp.add_argument("--depth", type=int, default=None, help="residual VQ: decode only the first DEPTH levels")
+
+    sp = sub.add_parser("launch", help="run the training tasks of a multitask map file, each on its GPU")
+    sp.add_argument("map", metavar="MAP.json", help='{"<task config>": <gpu index>, ...}; paths relative to it; -1 skips')
+    sp.add_argument("--out", default=None, help="directory for the per-task logs (default: <map folder>/launch-<time>)")
+    sp.add_argument("--cpu", action="store_true", help="run the tasks on the CPU, one after another")
+    sp.add_argument("--refresh", type=float, default=2.0, help="seconds between status-table updates")
+    add_set(sp)
     return p
 
 
