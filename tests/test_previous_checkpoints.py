@@ -341,3 +341,22 @@ def test_convert_vqvae2_pth_tar(tmp_path):
 
     assert torch.equal(load_file(str(out / "discriminator.safetensors"))["main.11.bias"],
                        ckpt["discriminator_state"]["model.11.bias"])
+
+
+def test_model_init_from_takes_previous_system_files(tmp_path):
+    """`model.init_from` (start a new run from the weights only) reads both layouts as well."""
+    from vqforge.config import parse_config
+    from vqforge.models import registry
+    from vqforge.models.pretrained import load_weights
+
+    cfg = parse_config(vqvae2_dict(use_gan=False))
+    path = tmp_path / "ckpt.pth.tar"
+    ckpt = pf.first_version_vqvae2(path, cfg.model.vqvae2, gan=False)
+    model = registry.build(cfg.model)
+    load_weights(model, path)
+    assert torch.equal(model.state_dict()["upscalers.0.stages.0.0.weight"], ckpt["state_dict"]["upscalers.0.stages.0.0.weight"])
+    later = tmp_path / "checkpoint_step4.pt"
+    ck = pf.later_version_taming(later, dd=DD, n_embed=32, embed_dim=8, disc=DISC)
+    taming = registry.build(tiny_config().model)
+    load_weights(taming, later)
+    assert torch.equal(taming.state_dict()["encoder.conv_in.weight"], ck["model"]["_model.encoder.conv_in.weight"])

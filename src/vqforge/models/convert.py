@@ -113,7 +113,7 @@ def _convert_previous(obj: Any, path: Path, cfg: Config, out_dir: str | Path) ->
     from .previous import LAYOUT_NAMES, previous_from_object, previous_weights
 
     ckpt = previous_from_object(obj, path)
-    weights = previous_weights(ckpt, cfg)
+    weights = previous_weights(ckpt, cfg.model)
     model = registry.build(cfg.model)
     load_state_dict_strict(model, weights.model, str(path))
     disc = weights.discriminator

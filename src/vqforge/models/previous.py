@@ -28,7 +28,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 
-from ..config.schema import Config
+from ..config.schema import ModelConfig
 from ..errors import CheckpointError
 from ..safe_pickle import load_checkpoint
 
@@ -166,16 +166,16 @@ def previous_from_object(obj: Any, path: Path) -> PreviousCheckpoint:
     )
 
 
-def _check_supported(ckpt: PreviousCheckpoint, cfg: Config) -> None:
+def _check_supported(ckpt: PreviousCheckpoint, mc: ModelConfig) -> None:
     """Residual and product quantizers of the later versions: their key layout is not read yet."""
     margs = (ckpt.config or {}).get("model_args") if isinstance((ckpt.config or {}).get("model_args"), Mapping) else {}
     file_levels = _as_int(margs.get("rvq_levels", margs.get("num_quantizers", 1))) or 1
     variant = margs.get("model_variant")
     what = None
-    if variant == "PQEMAVQ" or cfg.model.variant == "PQEMAVQ":
+    if variant == "PQEMAVQ" or mc.variant == "PQEMAVQ":
         what = "a product-quantized model (model_variant PQEMAVQ)"
-    elif file_levels > 1 or cfg.model.quantizer.rvq_levels > 1:
-        levels = max(file_levels, cfg.model.quantizer.rvq_levels)
+    elif file_levels > 1 or mc.quantizer.rvq_levels > 1:
+        levels = max(file_levels, mc.quantizer.rvq_levels)
         what = f"a residual-VQ model ({levels} levels over one shared codebook, keys quantize.embedding.*)"
     if what is not None:
         raise CheckpointError(
@@ -215,12 +215,12 @@ def _drop_vqvae2_aliases(state: dict[str, torch.Tensor], path: Path) -> tuple[di
     return out, n
 
 
-def previous_weights(ckpt: PreviousCheckpoint, cfg: Config) -> PreviousWeights:
-    """The model (and discriminator) weights of `ckpt` under vqforge's key names for the model `cfg` builds.
+def previous_weights(ckpt: PreviousCheckpoint, mc: ModelConfig) -> PreviousWeights:
+    """The model (and discriminator) weights of `ckpt` under vqforge's key names for the model `mc` builds.
 
     Nothing is loaded here; loading is strict (`load_state_dict_strict`), so keys that do not fit are an error."""
-    _check_supported(ckpt, cfg)
-    family = cfg.model.family
+    _check_supported(ckpt, mc)
+    family = mc.family
     path = ckpt.path
     if not ckpt.model:
         raise CheckpointError(
@@ -239,7 +239,7 @@ def previous_weights(ckpt: PreviousCheckpoint, cfg: Config) -> PreviousWeights:
         if parts.dropped:
             dropped.append(f"{len(parts.dropped)} loss.* tensors other than the discriminator (LPIPS network; "
                            "vqforge ships its own)")
-        variant = cfg.model.variant or "VQModel"
+        variant = mc.variant or "VQModel"
         groups = TAMING_OPT_GROUPS.get(variant, TAMING_OPT_GROUPS["VQModel"])
         opt_order = [k for g in groups for k in model if k.split(".", 1)[0] == g and _is_param_name(k, family)]
     else:

@@ -143,7 +143,7 @@ def restore_previous(ckpt: PreviousCheckpoint, cfg: Config, trainer: Trainer, mo
                      discriminator: nn.Module | None, ema: Any) -> ResumeReport:
     """Load what maps from `ckpt` into the built run; return what was restored and what starts fresh."""
     rep = ResumeReport()
-    weights = previous_weights(ckpt, cfg)
+    weights = previous_weights(ckpt, cfg.model)
     load_state_dict_strict(model, weights.model, str(ckpt.path))
     rep.restored.append(f"model weights: {len(weights.model)} tensors (strict: every key and shape matched)")
     rep.notes += [f"not used from the file: {d}" for d in weights.dropped]
