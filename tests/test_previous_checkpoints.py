@@ -232,7 +232,8 @@ def test_vqvae2_without_gan_and_an_alias_that_disagrees(tmp_path, capsys):
 # ---- the later versions' .pt ---------------------------------------------------------------------------------------
 def test_later_version_pt_with_model_prefix_resumes(tmp_path, capsys):
     path = tmp_path / "checkpoint_step4.pt"
-    ckpt = pf.later_version_taming(path, dd=DD, n_embed=32, embed_dim=8, disc=DISC, lr=1e-3)
+    # an RVQ-VQGAN trainer's run with rvq_levels 1: a plain EMAVQ registered as `_model`
+    ckpt = pf.later_version_taming(path, dd=DD, n_embed=32, embed_dim=8, disc=DISC, lr=1e-3, rvq_levels=1)
     assert all(k.startswith("_model.") for k in ckpt["model"])
     d = taming_cfg(train={"lr_schedule": "constant"})
     cfg = write_cfg(tmp_path, d)
@@ -247,7 +248,7 @@ def test_later_version_pt_with_model_prefix_resumes(tmp_path, capsys):
 
 def test_later_version_final_save_is_numbered_with_its_step_count(tmp_path, capsys):
     path = tmp_path / "checkpoint_step6.pt"
-    pf.later_version_taming(path, dd=DD, n_embed=32, embed_dim=8, disc=DISC, step=6, num_steps=6)
+    pf.later_version_taming(path, dd=DD, n_embed=32, embed_dim=8, disc=DISC, step=6, num_steps=6, prefix="")
     cfg = write_cfg(tmp_path, taming_cfg(train={"lr_schedule": "constant"}))
     assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--resume", str(path)]) == 0
     assert "'step': 6 is the final save after 6 steps; continuing with step 6" in capsys.readouterr().err

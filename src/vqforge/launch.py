@@ -222,14 +222,17 @@ def status_table(tasks: list[Task], cpu: bool) -> str:
 
 
 class _Display:
-    """Redraws the table in place on a terminal; elsewhere prints it when a task changes state."""
+    """Redraws the table in place on a terminal; elsewhere (a log file, nohup) prints it when a task changes state
+    and otherwise at most every `quiet_s` seconds, so the log shows progress without a line per refresh."""
 
-    def __init__(self, out: IO[str], cpu: bool):
+    def __init__(self, out: IO[str], cpu: bool, quiet_s: float = 60.0):
         self.out = out
         self.cpu = cpu
         self.tty = hasattr(out, "isatty") and out.isatty()
         self.lines = 0
         self.last = ""
+        self.quiet_s = quiet_s
+        self.printed = 0.0
 
     def show(self, tasks: list[Task], changed: bool) -> None:
         table = status_table(tasks, self.cpu)
@@ -238,8 +241,9 @@ class _Display:
                 self.out.write(f"\x1b[{self.lines}F\x1b[J")  # back to the table's first line, clear below
             self.out.write(table + "\n")
             self.lines = table.count("\n") + 1
-        elif changed and table != self.last:
+        elif table != self.last and (changed or time.time() - self.printed >= self.quiet_s):
             self.out.write(table + "\n\n")
+            self.printed = time.time()
         self.last = table
         self.out.flush()
 
