@@ -135,3 +135,19 @@ def test_ctrl_c_stops_every_task_and_reports_it(tmp_path):
     with pytest.raises(ProcessLookupError):  # and nothing is left in its process group
         os.killpg(pid, 0)
     assert "interrupted" in (logs / "long.yaml".replace(".yaml", ".log")).read_text()
+
+
+def test_each_gpu_task_sees_only_its_gpu(tmp_path):
+    """On GPUs a task runs with CUDA_VISIBLE_DEVICES=<its index> and train.device=cuda (its only visible card)."""
+    from vqforge.launch import Task, _command, prepare
+
+    task_config(tmp_path, "a")
+    task_config(tmp_path, "b")
+    tasks = [Task("a.yaml", tmp_path / "multitask" / "a.yaml", 1), Task("b.yaml", tmp_path / "multitask" / "b.yaml", 0)]
+    prepare(tasks, cpu=False, overrides=["train.num_steps=5"], gpu_count=2)  # indices 0 and 1 exist
+    assert tasks[0].total_steps == 5 and tasks[0].run_dir == (tmp_path / "runs" / "a").resolve()
+    cmd, env = _command(tasks[0], False, ["train.num_steps=5"])
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert cmd[-6:] == ["train", str(tasks[0].config), "--set", "train.num_steps=5", "--set", "train.device=cuda"]
+    cmd, env = _command(tasks[1], True, [])
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and cmd[-2:] == ["--set", "train.device=cpu"]

@@ -89,7 +89,7 @@ def _gpu_count() -> int:
 
 def prepare(tasks: list[Task], *, cpu: bool, overrides: list[str], gpu_count: int | None = None) -> None:
     """Check everything that can be checked before a process starts; fill in each task's run directory."""
-    from .config import load_config
+    from .config import load_config_with_warnings
     from .train.command import default_run_dir
 
     active = [t for t in tasks if t.gpu >= 0]
@@ -114,7 +114,7 @@ def prepare(tasks: list[Task], *, cpu: bool, overrides: list[str], gpu_count: in
             raise LaunchError(f"task {t.name!r}: {t.config} does not exist\n  fix: the map's paths are relative to "
                               "the map file's folder; correct the name or set the task to -1")
         try:
-            cfg = load_config(t.config, overrides)
+            cfg, _ = load_config_with_warnings(t.config, overrides)  # its own log reports the warnings
         except VQForgeError as e:
             raise LaunchError(f"task {t.name!r} ({t.config}): {e}") from None
         t.run_dir = default_run_dir(cfg, str(t.config), None).resolve()
