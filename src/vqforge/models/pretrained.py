@@ -288,8 +288,10 @@ def load_any(path: str | Path, ema: bool = False, map_location: str | torch.devi
             return _load_dir(p.parent, p.name, map_location)
         if p.suffix in PICKLE_SUFFIXES:
             raise CheckpointError(
-                f"{p}: a pickle checkpoint (e.g. taming-transformers) does not say which model it holds\n"
-                f"  fix: import it first: `vqforge convert {p} --config TAMING_YAML --out DIR`, then use DIR"
+                f"{p}: a pickle checkpoint (taming-transformers, or the previous system's .pth.tar / .pt) does not "
+                "say which model it holds\n"
+                f"  fix: import it first: `vqforge convert {p} --config CONFIG --out DIR` (CONFIG: the taming YAML or "
+                "the JSON it was trained with), then use DIR"
             )
         raise CheckpointError(f"{p}: not a model directory\n  fix: pass an exported model, checkpoint or run directory")
     model_dir = resolve_model_dir(p)
