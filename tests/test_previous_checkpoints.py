@@ -178,6 +178,12 @@ def test_train_resume_from_in_the_config_and_the_run_dir_guard(tmp_path, capsys)
     assert main(["train", str(cfg), "--out", str(run)]) == 2
     err = capsys.readouterr().err
     assert "already holds a training run" in err and "train.resume_from" in err and f"--resume {run}" in err
+    # resume_from naming the run directory itself continues it
+    d["train"]["resume_from"] = str(run)
+    d["train"]["num_steps"] = 8
+    cfg.write_text(yaml.safe_dump(d))
+    assert main(["train", str(cfg), "--out", str(run)]) == 0
+    assert "at step 7" in capsys.readouterr().err
 
 
 # ---- first version, VQ-VAE-2 -------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ def train_main(args) -> int:
         run_dir = default_run_dir(cfg, args.config, args.out)
         # --resume wins over the config's train.resume_from (the previous system's checkpoint_path / resume_ckpt)
         resume = args.resume or cfg.train.resume_from
-        if not args.resume and (run_dir / "checkpoints" / "latest").exists():
+        continues_itself = bool(resume) and Path(resume).resolve() == run_dir.resolve()
+        if not continues_itself and not args.resume and (run_dir / "checkpoints" / "latest").exists():
             started = (f" (the config's train.resume_from {cfg.train.resume_from} was only its starting point)"
                        if cfg.train.resume_from else "")
             raise CheckpointError(
