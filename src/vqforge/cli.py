@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": ("vqforge.eval.command", "eval_main"),
     "encode": ("vqforge.eval.command", "encode_main"),
     "decode": ("vqforge.eval.command", "decode_main"),
+    "launch": ("vqforge.launch", "launch_main"),
 }
 
 
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a tokenizer from a config")
     sp.add_argument("config")
     sp.add_argument("--out", default=None, help="run directory (default: train.out_dir or runs/<config name>)")
-    sp.add_argument("--resume", default=None, metavar="RUN_DIR|CKPT", help="continue a run at its exact step")
+    sp.add_argument("--resume", default=None, metavar="RUN_DIR|CKPT|FILE",
+                    help="continue a run at its exact step, or from a checkpoint file of the previous system "
+                         "(.pth.tar / .pt; wins over train.resume_from)")
     add_set(sp)
 
     sp = sub.add_parser("export", help="export a run or checkpoint to config.json + model.safetensors")
@@ -46,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--ema", action="store_true", help="export the weight-EMA copy instead of the raw weights")
 
-    sp = sub.add_parser("convert", help="import a taming-transformers checkpoint")
-    sp.add_argument("ckpt")
-    sp.add_argument("--config", required=True, help="the taming YAML the checkpoint was trained with")
+    sp = sub.add_parser("convert", help="import a taming-transformers or previous-system checkpoint")
+    sp.add_argument("ckpt", help="a taming .ckpt, or a .pth.tar / .pt of the previous system")
+    sp.add_argument("--config", required=True,
+                    help="the config the checkpoint was trained with (taming YAML, the previous system's JSON, or native)")
     sp.add_argument("--out", required=True)
 
     sp = sub.add_parser("eval", help="measure a tokenizer on a data set")
@@ -74,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--out", required=True, help="a directory for PNGs, or a .mp4 path")
     sp.add_argument("--depth", type=int, default=None, help="residual VQ: decode only the first DEPTH levels")
+
+    sp = sub.add_parser("launch", help="run the training tasks of a multitask map file, each on its GPU")
+    sp.add_argument("map", metavar="MAP.json", help='{"<task config>": <gpu index>, ...}; paths relative to it; -1 skips')
+    sp.add_argument("--out", default=None, help="directory for the per-task logs (default: <map folder>/launch-<time>)")
+    sp.add_argument("--cpu", action="store_true", help="run the tasks on the CPU, one after another")
+    sp.add_argument("--refresh", type=float, default=2.0, help="seconds between status-table updates")
+    add_set(sp)
     return p
 
 

@@ -1,6 +1,8 @@
-"""`vqforge convert`: import a taming-transformers checkpoint (a PyTorch Lightning `.ckpt`) as an exported model.
+"""`vqforge convert`: import a taming-transformers checkpoint (a PyTorch Lightning `.ckpt`) or a checkpoint of the
+user's previous system (`.pth.tar` / `.pt`, see `previous.py`) as an exported model.
 
     vqforge convert last.ckpt --config 2020-11-09T13-31-51-project.yaml --out vqgan_f16_1024/
+    vqforge convert checkpoint_step10000.pth.tar --config multitask/task1.json --out task1_model/
 
 The YAML is the taming config the checkpoint was trained with (read by the taming-YAML reader into the one schema).
 The checkpoint is read without running pickled code and without Lightning. Its `state_dict` is split:
@@ -20,6 +22,7 @@ from ..config.schema import Config
 from ..errors import CheckpointError
 from ..safe_pickle import extract_state_dict, load_checkpoint
 from .pretrained import DISCRIMINATOR_FILE, WEIGHTS_FILE, load_state_dict_strict, save_pretrained
+from .previous import is_previous_checkpoint
 
 DISCRIMINATOR_PREFIX = "loss.discriminator."
 LOSS_PREFIX = "loss."
@@ -55,6 +58,8 @@ class ConvertReport:
     dropped: list[str]
     global_step: int | None
     epoch: int | None
+    source: str = ""  # set for checkpoints of the previous system
+    discriminator_source: str = "loss.discriminator.*"
 
 
 def _int_or_none(v: Any) -> int | None:
@@ -81,6 +86,8 @@ def convert_taming_checkpoint(ckpt_path: str | Path, taming_yaml_path: str | Pat
         raise ValueError("give taming_yaml_path or config")
     cfg = config if config is not None else _read_training_config(taming_yaml_path)
     ckpt = load_checkpoint(ckpt_path)
+    if is_previous_checkpoint(ckpt):
+        return _convert_previous(ckpt, Path(ckpt_path), cfg, out_dir)
     parts = split_taming_state_dict(extract_state_dict(ckpt, str(ckpt_path)))
     if not parts.model:
         raise CheckpointError(f"{ckpt_path}: its state_dict holds only loss.* weights, no model\n"
@@ -100,15 +107,46 @@ def convert_taming_checkpoint(ckpt_path: str | Path, taming_yaml_path: str | Pat
     )
 
 
+def _convert_previous(obj: Any, path: Path, cfg: Config, out_dir: str | Path) -> ConvertReport:
+    """A checkpoint of the user's previous system (`.pth.tar` / `.pt`): its weights under vqforge's key names."""
+    from . import registry
+    from .previous import LAYOUT_NAMES, previous_from_object, previous_weights
+
+    ckpt = previous_from_object(obj, path)
+    weights = previous_weights(ckpt, cfg.model)
+    model = registry.build(cfg.model)
+    load_state_dict_strict(model, weights.model, str(path))
+    disc = weights.discriminator
+    if disc:  # checked against the config's discriminator, so a later GAN fine-tune can load it
+        from ..losses.discriminator import NLayerDiscriminator
+
+        lc = cfg.loss
+        load_state_dict_strict(NLayerDiscriminator(lc.disc_in_channels, lc.disc_ndf, lc.disc_num_layers, lc.disc_norm),
+                               disc, f"{path} ({weights.discriminator_source})")
+    out = save_pretrained(model, cfg, out_dir, discriminator=disc or None)
+    return ConvertReport(out_dir=out, model_tensors=len(weights.model), discriminator_tensors=len(disc or {}),
+                         dropped=weights.dropped, global_step=ckpt.steps_done, epoch=None,
+                         source=f"a checkpoint of the previous system, {LAYOUT_NAMES[ckpt.layout]}",
+                         discriminator_source=weights.discriminator_source)
+
+
 def convert_main(args) -> int:
-    """CLI: `vqforge convert CKPT --config TAMING_YAML --out DIR`."""
+    """CLI: `vqforge convert CKPT --config CONFIG --out DIR` (CONFIG: taming YAML, the previous system's JSON, or
+    native)."""
     rep = convert_taming_checkpoint(args.ckpt, args.config, args.out)
-    trained = ", ".join(f"{k} {v}" for k, v in (("global_step", rep.global_step), ("epoch", rep.epoch)) if v is not None)
-    print(f"converted {args.ckpt}" + (f" ({trained})" if trained else "") + f" -> {rep.out_dir}")
+    if rep.source:
+        trained = f"{rep.global_step} steps" if rep.global_step is not None else ""
+        print(f"converted {args.ckpt} ({rep.source}" + (f", {trained}" if trained else "") + f") -> {rep.out_dir}")
+    else:
+        trained = ", ".join(f"{k} {v}" for k, v in (("global_step", rep.global_step), ("epoch", rep.epoch)) if v is not None)
+        print(f"converted {args.ckpt}" + (f" ({trained})" if trained else "") + f" -> {rep.out_dir}")
     print(f"  {WEIGHTS_FILE}: {rep.model_tensors} tensors (strict key match)")
     if rep.discriminator_tensors:
-        print(f"  {DISCRIMINATOR_FILE}: {rep.discriminator_tensors} tensors (loss.discriminator.*, for fine-tuning)")
-    if rep.dropped:
+        print(f"  {DISCRIMINATOR_FILE}: {rep.discriminator_tensors} tensors ({rep.discriminator_source}, for fine-tuning)")
+    if rep.source:
+        for d in rep.dropped:
+            print(f"  not converted: {d}")
+    elif rep.dropped:
         print(f"  dropped {len(rep.dropped)} other loss.* tensors (LPIPS network; vqforge ships its own)")
     print(f"  load it with vqforge.from_pretrained({str(rep.out_dir)!r}) or `vqforge eval {rep.out_dir} --data ...`")
     return 0

@@ -288,8 +288,10 @@ def load_any(path: str | Path, ema: bool = False, map_location: str | torch.devi
             return _load_dir(p.parent, p.name, map_location)
         if p.suffix in PICKLE_SUFFIXES:
             raise CheckpointError(
-                f"{p}: a pickle checkpoint (e.g. taming-transformers) does not say which model it holds\n"
-                f"  fix: import it first: `vqforge convert {p} --config TAMING_YAML --out DIR`, then use DIR"
+                f"{p}: a pickle checkpoint (taming-transformers, or the previous system's .pth.tar / .pt) does not "
+                "say which model it holds\n"
+                f"  fix: import it first: `vqforge convert {p} --config CONFIG --out DIR` (CONFIG: the taming YAML or "
+                "the JSON it was trained with), then use DIR"
             )
         raise CheckpointError(f"{p}: not a model directory\n  fix: pass an exported model, checkpoint or run directory")
     model_dir = resolve_model_dir(p)
@@ -307,7 +309,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load weights into an already built `model` (`model.init_from`), with strict key checking.
 
     `path`: an exported / checkpoint / run directory, a `.safetensors` file, or a pickle checkpoint such as a
-    taming-transformers `.ckpt` (read without running code; its `loss.*` entries are dropped).
+    taming-transformers `.ckpt` or a previous-system `.pth.tar` / `.pt` (read without running code; `loss.*`
+    entries are dropped).
     """
     p = Path(path)
     if not p.exists():
@@ -319,11 +322,18 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     elif p.suffix == ".safetensors":
         source, state = p, load_safetensors(p)
     else:
-        from ..safe_pickle import load_state_dict_file
+        from ..safe_pickle import extract_state_dict, load_checkpoint
         from .convert import split_taming_state_dict
+        from .previous import is_previous_checkpoint, previous_from_object, previous_weights
 
         source = p
-        state = split_taming_state_dict(load_state_dict_file(p)).model
+        obj = load_checkpoint(p)
+        model_cfg = getattr(unwrap_model(model), "config", None)
+        if is_previous_checkpoint(obj) and model_cfg is not None:
+            # a .pth.tar / .pt of the user's previous system: its weights under vqforge's key names
+            state = previous_weights(previous_from_object(obj, p), model_cfg).model
+        else:
+            state = split_taming_state_dict(extract_state_dict(obj, str(p))).model
     load_state_dict_strict(model, state, str(source))
 
 

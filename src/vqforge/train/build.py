@@ -87,11 +87,17 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     device = resolve_device(t.device)
     cfg.data.check_training_data()
     check_data_config(cfg.data)  # missing directories / empty globs fail here, before anything is built
-    resume_ckpt = load_checkpoint(resolve_checkpoint(resume)) if resume else None
+    # a file is a checkpoint of the user's previous system (.pth.tar / .pt); a directory is a vqforge run/checkpoint
+    previous = None
+    if resume and Path(resume).is_file():
+        from ..models.previous import read_previous_checkpoint
+
+        previous = read_previous_checkpoint(resume)  # read before anything is built: a bad file fails fast
+    resume_ckpt = load_checkpoint(resolve_checkpoint(resume)) if resume and previous is None else None
 
     seed_everything(t.seed)  # identical initial weights on every rank
     model = build_model(cfg.model).to(device)
-    if cfg.model.init_from and resume_ckpt is None:
+    if cfg.model.init_from and resume_ckpt is None and previous is None:
         from ..models.pretrained import load_weights
 
         load_weights(model, cfg.model.init_from)
@@ -173,6 +179,14 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
             discriminator.load_state_dict(resume_ckpt["discriminator"], strict=True)
         trainer.load_training_state(resume_ckpt["training_state"])
         logger.info(f"resumed from {resume} at step {trainer.counters.step}")
+    elif previous is not None:
+        from .previous_resume import restore_previous
+
+        report = restore_previous(previous, cfg, trainer, model, discriminator, ema)
+        for line in report.lines(previous):
+            logger.info(line)
+        logger.info(f"resumed from {resume} at step {trainer.counters.step}")
+        torch.manual_seed(t.seed + dist.rank())
     else:
         torch.manual_seed(t.seed + dist.rank())  # per-rank training randomness (e.g. Gumbel noise)
     return Run(trainer, logger, run_dir, config_dict)

@@ -26,7 +26,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a run dir (its latest checkpoint) or a checkpoint dir."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"{p} does not exist; give a run directory or a checkpoints/step_* directory")
+        raise CheckpointError(f"{p} does not exist; give a run directory, a checkpoints/step_* directory, or a "
+                              "checkpoint file of the previous system (.pth.tar / .pt)")
     if (p / "checkpoints" / "latest").is_file():
         name = (p / "checkpoints" / "latest").read_text().strip()
         p = p / "checkpoints" / name

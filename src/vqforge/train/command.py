@@ -30,10 +30,14 @@ def train_main(args) -> int:
         from .build import build_run
 
         run_dir = default_run_dir(cfg, args.config, args.out)
-        resume = args.resume or cfg.train.resume_from  # --resume wins over the config's train.resume_from
-        if not resume and (run_dir / "checkpoints" / "latest").exists():
+        # --resume wins over the config's train.resume_from (the previous system's checkpoint_path / resume_ckpt)
+        resume = args.resume or cfg.train.resume_from
+        continues_itself = bool(resume) and Path(resume).resolve() == run_dir.resolve()
+        if not continues_itself and not args.resume and (run_dir / "checkpoints" / "latest").exists():
+            started = (f" (the config's train.resume_from {cfg.train.resume_from} was only its starting point)"
+                       if cfg.train.resume_from else "")
             raise CheckpointError(
-                f"{run_dir} already holds a training run; continue it with --resume {run_dir}, "
+                f"{run_dir} already holds a training run{started}; continue it with --resume {run_dir}, "
                 "or train into another directory with --out"
             )
         run = build_run(cfg, run_dir, resume=resume, warnings=warns)
