@@ -530,3 +530,33 @@ def test_checkpoint_path_resumes_a_run(tmp_path, capsys):
     assert main(_argv(cont, run, data, [*VQVAE2_SETS, "train.num_steps=5"])) == 0
     err = capsys.readouterr().err
     assert "resumed from" in err and "at step 3" in err
+
+
+def test_checkpoint_path_resumes_a_previous_system_pth_tar(tmp_path, capsys):
+    """The user's own layout end to end: a taming EMAVQ JSON whose train_args.checkpoint_path names a .pth.tar that
+    the previous system wrote (built from its construction rules) continues from that file's step."""
+    import previous_fixtures as pf
+    from vqforge.config.readers import read_raw
+
+    data = tmp_path / "data"
+    _images(data / "train", 6, 6), _images(data / "val", 2, 7)
+    dd = {"double_z": False, "z_channels": 8, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
+          "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    old = tmp_path / "old" / "checkpoint_step2.pth.tar"
+    old.parent.mkdir()
+    pf.first_version_taming(old, dd=dd, n_embed=32, embed_dim=8, variant="EMAVQ",
+                            disc={"in_channels": 3, "ndf": 8, "n_layers": 2}, steps=2)
+    raw = read_raw(FIXTURES / "first" / "taming.json")
+    raw["train_args"]["checkpoint_path"] = str(old)
+    cfg = tmp_path / "taming.json"
+    cfg.write_text(json.dumps(raw))
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert main(_argv(cfg, run, data, [*TAMING_SETS, "train.num_steps=5", "train.save_interval=5"])) == 0
+    err = capsys.readouterr().err
+    assert "resume from a checkpoint of the previous system, first version (.pth.tar)" in err
+    assert "restored: model weights" in err and "restored: discriminator weights" in err
+    assert "continuing with step 3" in err
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["split"] == "train"]
+    assert steps == [4, 5]  # logged with the count of steps done, as in every run
