@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": ("vqforge.eval.command", "eval_main"),
     "encode": ("vqforge.eval.command", "encode_main"),
     "decode": ("vqforge.eval.command", "decode_main"),
+    "entropy": ("vqforge.entropy.command", "entropy_main"),
 }
 
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--out", required=True, help="a directory for PNGs, or a .mp4 path")
     sp.add_argument("--depth", type=int, default=None, help="residual VQ: decode only the first DEPTH levels")
+
+    from .entropy.command import add_parser as add_entropy_parser
+
+    add_entropy_parser(sub)
     return p
 
 
