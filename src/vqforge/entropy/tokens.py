@@ -51,9 +51,18 @@ def load_tokenizer(t: EntropyTokenizerConfig, device: torch.device | str = "cpu"
     from ..eval.command import _check_resolution, architecture_hash, crop_sizes, weights_hash
     from ..models.pretrained import load_any
 
-    if t.path is not None:
-        model, cfg = load_any(t.path, ema=t.ema, map_location=device)
-        source = t.path
+    weights_dir = t.weights is not None and Path(t.weights).is_dir()
+    if t.path is not None or weights_dir:
+        source = t.path if t.path is not None else t.weights
+        model, cfg = load_any(source, ema=t.ema, map_location=device)
+        if weights_dir and t.config is not None:  # the config file must describe the model in that directory
+            from ..config import load_config
+
+            named = load_config(t.config)
+            if architecture_hash(named) != architecture_hash(cfg):
+                raise ConfigError("tokenizer.config", f"{t.config} describes another architecture than the "
+                                  f"tokenizer in {t.weights}", "point both at the same tokenizer, or leave the "
+                                  "config out (a vqforge directory carries its own)")
     else:
         if t.config is None:
             raise ConfigError("tokenizer.config", "tokenizer.weights is set without the config it was trained with",
@@ -63,7 +72,7 @@ def load_tokenizer(t: EntropyTokenizerConfig, device: torch.device | str = "cpu"
         from ..models.registry import build as build_model
 
         cfg = load_config(t.config)
-        model = build_model(cfg)
+        model = build_model(cfg.model)
         load_weights(model, t.weights)
         model = model.to(device)
         source = f"{t.config} + {t.weights}"
