@@ -21,7 +21,6 @@ The previous system's layout has the sections `model`, `data`, `vqgan`, `trainin
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -148,14 +147,6 @@ class EntropyConfig:
     data: EntropyDataConfig = field(default_factory=EntropyDataConfig)
     train: EntropyTrainConfig = field(default_factory=EntropyTrainConfig)
     log: EntropyLogConfig = field(default_factory=EntropyLogConfig)
-
-    def steps_for(self, num_samples: int, world_size: int) -> int:
-        """train.num_steps, or train.epochs over `num_samples` training samples."""
-        t = self.train
-        if t.num_steps is not None:
-            return t.num_steps
-        per_step = t.batch_size * t.grad_accum_steps * world_size
-        return max(1, (t.epochs or 1) * math.ceil(num_samples / per_step))
 
 
 # --- the previous system's transformer_config.json -----------------------------------------------------------------

@@ -53,13 +53,22 @@ def build_model(cfg: EntropyConfig, layout: FrameLayout) -> TrainableEntropyMode
     return model
 
 
-def check_vocab(cfg: EntropyConfig, layout: FrameLayout) -> None:
+def check_vocab(cfg: EntropyConfig, tokenizer_codes: list[int]) -> None:
     from ..errors import ConfigError
 
-    if cfg.model.vocab_size is not None and cfg.model.vocab_size != layout.vocab_size:
-        raise ConfigError("model.vocab_size", f"is {cfg.model.vocab_size}, but the tokenizer has "
-                          f"{layout.vocab_size} codes", f"remove model.vocab_size (it is taken from the tokenizer) "
-                          f"or set it to {layout.vocab_size}")
+    k = tokenizer_codes[0]
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size != k:
+        raise ConfigError("model.vocab_size", f"is {cfg.model.vocab_size}, but the tokenizer has {k} codes",
+                          f"remove model.vocab_size (it is taken from the tokenizer) or set it to {k}")
+
+
+def total_steps(cfg: EntropyConfig, num_samples: int, world_size: int) -> int:
+    """train.num_steps, or train.epochs passes over `num_samples` training windows."""
+    t = cfg.train
+    if t.num_steps is not None:
+        return t.num_steps
+    per_step = t.batch_size * t.grad_accum_steps * world_size
+    return max(1, (t.epochs or 1) * math.ceil(num_samples / per_step))
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
@@ -184,12 +193,14 @@ class EntropyTrainer:
 
         tok = load_tokenizer(cfg.tokenizer, self.device)
         self.tokenizer = tok
+        from ..eval.evaluator import codebook_sizes
+
+        check_vocab(cfg, codebook_sizes(tok.model))  # before tokenizing anything
         cache = Path(cfg.tokenizer.cache_dir) if cfg.tokenizer.cache_dir else run_dir / "tokens"
         self.train_tokens = cached_tokens(tok, cfg.data.train, "data.train", cache, "train", self.logger.info)
         self.val_tokens = (cached_tokens(tok, cfg.data.val, "data.val", cache, "val", self.logger.info)
                            if cfg.data.val else None)
         layout = self.train_tokens.layout
-        check_vocab(cfg, layout)
         if self.val_tokens is not None and self.val_tokens.layout != layout:
             raise TrainingError(f"validation tokens have layout {self.val_tokens.layout}, training tokens {layout}")
         self.layout = layout
@@ -197,7 +208,7 @@ class EntropyTrainer:
         self.val_windows = (windows(self.val_tokens.clips, cfg.data.sequence_length, cfg.data.val_num_samples)
                             if self.val_tokens is not None else [])
         world = dist.world_size()
-        self.num_steps = cfg.steps_for(len(self.train_windows), world)
+        self.num_steps = total_steps(cfg, len(self.train_windows), world)
         per_epoch = max(1, math.ceil(len(self.train_windows) / (cfg.train.batch_size * cfg.train.grad_accum_steps * world)))
         self.val_start = cfg.train.val_start_step
         if "val_start_epoch" in later:  # the previous system: validate from this (1-based) epoch on
