@@ -66,7 +66,8 @@ class EntropyTokenizerConfig:
     def check(self, path: str) -> None:
         p = path or "tokenizer"
         require(self.path is not None or self.weights is not None, p, "names no tokenizer",
-                "set tokenizer.path to a trained vqforge tokenizer (run, checkpoint or exported directory)")
+                "set tokenizer.path (in transformer_config.json: vqgan.vq_ckpt) to a trained vqforge tokenizer "
+                "(run, checkpoint or exported directory)")
         require(self.path is None or self.weights is None, p, "sets both path and weights",
                 "give either tokenizer.path or tokenizer.config + tokenizer.weights")
         require(self.resolution is None or self.resolution >= 8, f"{p}.resolution", "must be >= 8", "use e.g. 256")
