@@ -180,3 +180,30 @@ def test_save_load_keeps_hash_and_logits(name, tmp_path):
         assert torch.equal(back.frame_logits(tok, prev, layout), m.frame_logits(tok, prev, layout))
     other = make(name, seed=1)
     assert entropy_model_hash(other) != entropy_model_hash(m)
+
+
+def test_masked_groups_trains_on_exactly_the_decoders_view():
+    """The training input at a sampled coding step is what the decoder knows at that step: the training loss of
+    that step's positions equals the cross-entropy of `step_logits` there."""
+    import torch.nn.functional as F
+
+    layout = FrameLayout(2, 4, 4, K)
+    m = make("masked_groups", num_groups=3)
+    tok, prev = frame(layout, 1), frame(layout, 2)
+    steps = m.schedule(layout)
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        s = int(torch.randint(0, len(steps), (1,), generator=torch.Generator().manual_seed(seed)))
+        with torch.no_grad():
+            nll, depth = m.training_nll(tok[None], prev[None], generator=g)
+        t, group = divmod(s, 3)
+        assert (depth == t).all()
+        unknown_hw = [p for p in range(16) if not any(p + t * 16 == q for st in steps[t * 3:s] for q in st.tolist())]
+        assert nll.numel() == len(unknown_hw)  # every not-yet-known position of depth t, nothing else
+        known = torch.zeros(layout.numel, dtype=torch.bool)
+        for st in steps[:s]:
+            known[st] = True
+        logits = m.step_logits(tok, known.view(tok.shape), prev, layout, s)
+        want = F.cross_entropy(logits, tok.reshape(-1)[steps[s]], reduction="none")
+        got = nll[[unknown_hw.index(int(p) - t * 16) for p in steps[s]]]
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
