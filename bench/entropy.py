@@ -42,7 +42,7 @@ TOKENIZER = {
     "data": {"source": "sample_photos", "resolution": 64, "resize": 96, "hflip": True, "batch_size": 8},
     "train": {"num_steps": 300, "lr": 5.0e-4, "lr_schedule": "cosine", "warmup_steps": 20, "save_interval": 300,
               "validation_interval": 300, "seed": 0},
-    "log": {"every": 50, "tensorboard": False, "progress": False},
+    "log": {"every": 10, "tensorboard": False, "progress": False},
 }
 
 
@@ -55,7 +55,7 @@ def entropy_config(name: str, tok: Path, work: Path, steps: int) -> dict:
             "data": {"train": [str(work / "clips_train")], "val": [str(work / "clips_val")], "sequence_length": 4},
             "train": {"batch_size": 4, "num_steps": steps, "lr": 1e-3, "warmup_steps": 50, "lr_schedule": "cosine",
                       "save_interval": steps, "validation_interval": steps, "seed": 0},
-            "log": {"every": 50, "tensorboard": False, "progress": False}}
+            "log": {"every": 25, "tensorboard": False, "progress": False}}
 
 
 def unigram_cross_entropy(train_clips, val_clips, k: int) -> float:
@@ -76,7 +76,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=16, help="frames per clip")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
 
     from vqforge.cli import main as cli
     from vqforge.data.synthetic_clips import clip_set, write_clips
