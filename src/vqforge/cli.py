@@ -21,6 +21,7 @@ COMMANDS = {
     "encode": ("vqforge.eval.command", "encode_main"),
     "decode": ("vqforge.eval.command", "decode_main"),
     "launch": ("vqforge.launch", "launch_main"),
+    "entropy": ("vqforge.entropy.command", "entropy_main"),
 }
 
 
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cpu", action="store_true", help="run the tasks on the CPU, one after another")
     sp.add_argument("--refresh", type=float, default=2.0, help="seconds between status-table updates")
     add_set(sp)
+
+    from .entropy.command import add_parser as add_entropy_parser
+
+    add_entropy_parser(sub)
     return p
 
 
