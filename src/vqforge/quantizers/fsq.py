@@ -6,7 +6,7 @@ the index of a code is its mixed-radix number (channel 0 is the least significan
 parameters and no auxiliary loss (QuantizerOutput.loss is 0); gradients pass through the rounding straight-through.
 
 Bounding, per channel with L levels (the paper's formula with atanh, so that an input of 0 maps to 0):
-    half = (L − 1)(1 − 1e-3)/2,  offset = 0.5 for even L else 0,  shift = atanh(offset / half)
+    half = (L − 1)(1 − 1e-3)/2,  offset = 0.5 for even L else 0,  shift = atanh(offset / half) (0 for L = 2)
     bounded = tanh(z + shift)·half − offset          ∈ (−L/2, L/2 − 1) for even L, (−(L−1)/2, (L−1)/2) for odd L
     q = round(bounded) ∈ {−⌊L/2⌋, …, ⌈L/2⌉ − 1},    code = q / ⌊L/2⌋ ∈ [−1, 1],    digit = q + ⌊L/2⌋ ∈ {0, …, L−1}
 
@@ -47,7 +47,11 @@ class FSQuantizer(Quantizer):
         # constants as float32 non-persistent buffers: they follow .to(device) and are not part of the state dict
         self.register_buffer("_half", half.float(), persistent=False)
         self.register_buffer("_offset", offset.float(), persistent=False)
-        self.register_buffer("_shift", torch.atanh(offset / half).float(), persistent=False)
+        # shift makes an input of 0 land on the code 0; with L = 2 no input reaches 0 inside (−1, 0), so 0 lands on
+        # the boundary between the two codes instead (shift 0): atanh(offset / half) would be atanh(> 1) = NaN
+        ratio = offset / half
+        self.register_buffer("_shift", torch.where(ratio < 1, torch.atanh(ratio.clamp_max(0.5)), 0.0).float(),
+                             persistent=False)
         self.register_buffer("_half_width", (lv // 2).float(), persistent=False)
         basis = [math.prod(levels[:i]) for i in range(self.dim)]
         self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int64), persistent=False)
