@@ -7,7 +7,7 @@ Protocol, identical for every row:
   z_channels 64; only the quantizer (and the width of the 1x1 quant_conv/post_quant_conv around it, i.e. the code
   dimension each quantizer works in) differs;
 - training: vqforge's own `Trainer.train_step()` (built by `build_run`), L1 pixel loss + codebook loss, no GAN, no
-  LPIPS, Adam (betas 0.5, 0.9), lr 5e-4 with 30 warm-up steps and a cosine decay to 5e-5, `--steps` steps, seed 0;
+  LPIPS, Adam (betas 0.5, 0.9), lr 1e-3 with 5 warm-up steps and a cosine decay to 1e-4, `--steps` steps, seed 0;
 - evaluation on the two held-out photos (coffee, chelsea), never seen in training: at 64×64 f4 one crop is 256
   tokens, and one centre crop per photo (the training run's own validation set) is 512 tokens, far too few to ever
   use 16,384 codes. So the held-out set here is every non-overlapping 64×64 crop of each held-out photo resized
@@ -16,11 +16,12 @@ Protocol, identical for every row:
   reach on that many tokens. PSNR/SSIM per crop (uint8), usage / perplexity / dead codes over all held-out tokens,
   bits per pixel at log2 K per token, all from `vqforge.eval.evaluator.evaluate`.
 
-Each configuration runs in its own process with one thread (`--jobs` at a time; all 10 at once by default, so that
-on a loaded shared machine every configuration gets the same share of it); the table is printed (markdown),
-written as JSON, and plotted (usage and PSNR per quantizer at both codebook sizes).
+By default the configurations run one after another in this process with one thread (`--jobs N` runs N at a time,
+each in its own process); the table and JSON are rewritten after every configuration, so an interrupted run keeps
+what it measured; at the end the table is printed (markdown) and plotted (usage and PSNR per quantizer at both
+codebook sizes). K >= 16,384 runs first: that is where the quantizers differ.
 
-    PYTHONPATH=src python bench/quality.py [--steps 100] [--jobs 10] [--out bench/results/quality]
+    PYTHONPATH=src python bench/quality.py [--steps 30] [--jobs 1] [--out bench/results/quality]
                                            [--only fsq-16384 lfq-512 ...]
 """
 
@@ -53,7 +54,7 @@ for k in (512, 16384):
 levels = {512: [8, 8, 8], 16384: [8, 8, 8, 8, 4]}
 for k, lv in levels.items():
     CASES[f"fsq-{k}"] = ({"type": "fsq", "fsq_levels": lv}, k, len(lv))
-ORDER = [f"{q}-{k}" for k in (512, 16384) for q in ("vq", "ema-restarts", "simvq", "fsq", "lfq")]
+ORDER = [f"{q}-{k}" for k in (16384, 512) for q in ("vq", "ema-restarts", "simvq", "fsq", "lfq")]
 
 
 def case_config(name: str, steps: int) -> dict:
@@ -67,7 +68,7 @@ def case_config(name: str, steps: int) -> dict:
         },
         "loss": {"pixel_loss": "l1", "perceptual_weight": 0.0, "codebook_weight": 1.0, "use_gan": False},
         "data": {"source": "sample_photos", "resolution": 64, "resize": 128, "hflip": True, "batch_size": 4},
-        "train": {"num_steps": steps, "lr": 5e-4, "lr_schedule": "cosine", "warmup_steps": 30, "min_lr": 5e-5,
+        "train": {"num_steps": steps, "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 5, "min_lr": 1e-4,
                   "save_interval": 10**6, "validation_interval": 10**6, "seed": 0},
         "log": {"every": 10**6, "tensorboard": False, "progress": False},
     }
@@ -113,6 +114,7 @@ def run_case(name: str, steps: int, scales: list[int]) -> dict:
         trainer = run.trainer
         for _ in range(steps):
             trainer.train_step()
+        run.logger.close()
         train_s = time.perf_counter() - t0
         model = unwrap_model(trainer.model)
         crops = heldout_crops(scales)
@@ -170,8 +172,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--jobs", type=int, default=10, help="configurations trained at once (one thread each)")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--jobs", type=int, default=1, help="configurations trained at once (one thread each)")
     ap.add_argument("--scales", type=int, nargs="+", default=[128, 160, 192, 224, 256, 300, 352, 400],
                     help="shorter sides of the held-out photos for the evaluation crops (no upsampling)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
@@ -185,44 +187,57 @@ def main() -> None:
 
     names = [n for n in ORDER if args.only is None or n in args.only]
     args.out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    pending, running, results = list(names), [], {}
     t0 = time.perf_counter()
     load0 = os.getloadavg()
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            name = pending.pop(0)
-            cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--scales",
-                   *map(str, args.scales)]
-            running.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                                   env=env)))
-        time.sleep(1.0)
-        for name, proc in list(running):
-            if proc.poll() is None:
-                continue
-            running.remove((name, proc))
-            text = proc.stdout.read() if proc.stdout else ""
-            line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not line:
-                print(f"{name}: FAILED (exit {proc.returncode})\n{text[-3000:]}", flush=True)
-                continue
-            results[name] = json.loads(line[-1][len("RESULT "):])
-            r = results[name]
-            print(f"{name}: PSNR {r['psnr']:.2f} dB, usage {100 * r['usage']:.1f}%, train {r['train_seconds']:.0f}s",
-                  flush=True)
-    rows = [results[n] for n in names if n in results]
-    meta = {"steps": args.steps, "jobs": args.jobs, "scales": args.scales, "wall_seconds": time.perf_counter() - t0,
-            "load_average_start": load0, "load_average_end": os.getloadavg(), "cpus": os.cpu_count(),
-            "threads_per_run": 1}
-    (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    table = markdown(rows)
-    (args.out / "quality.md").write_text(table + "\n")
+    results: dict[str, dict] = {}
+
+    def write() -> list[dict]:
+        rows = [results[n] for n in names if n in results]
+        meta = {"steps": args.steps, "jobs": args.jobs, "scales": args.scales,
+                "wall_seconds": time.perf_counter() - t0, "load_average_start": load0,
+                "load_average_end": os.getloadavg(), "cpus": os.cpu_count(), "threads_per_run": 1}
+        (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        (args.out / "quality.md").write_text(markdown(rows) + "\n")
+        return rows
+
+    def done(name: str, r: dict) -> None:
+        results[name] = r
+        print(f"{name}: PSNR {r['psnr']:.2f} dB, usage {100 * r['usage']:.1f}%, train {r['train_seconds']:.0f}s",
+              flush=True)
+        write()
+
+    if args.jobs <= 1:
+        for name in names:
+            done(name, run_case(name, args.steps, args.scales))
+    else:
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        pending, running = list(names), []
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                name = pending.pop(0)
+                cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--scales",
+                       *map(str, args.scales)]
+                running.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                       text=True, env=env)))
+            time.sleep(1.0)
+            for name, proc in list(running):
+                if proc.poll() is None:
+                    continue
+                running.remove((name, proc))
+                text = proc.stdout.read() if proc.stdout else ""
+                line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+                if proc.returncode != 0 or not line:
+                    print(f"{name}: FAILED (exit {proc.returncode})\n{text[-3000:]}", flush=True)
+                    continue
+                done(name, json.loads(line[-1][len("RESULT "):]))
+    rows = write()
     if rows:
         plot(rows, args.out / "quality.png")
-    print(table)
-    print(f"\n{len(rows)}/{len(names)} configurations, {meta['wall_seconds'] / 60:.1f} min wall, "
-          f"load average {load0[0]:.1f} -> {meta['load_average_end'][0]:.1f} on {meta['cpus']} CPUs; "
+    print(markdown(rows))
+    load1 = os.getloadavg()
+    print(f"\n{len(rows)}/{len(names)} configurations, {(time.perf_counter() - t0) / 60:.1f} min wall, "
+          f"load average {load0[0]:.1f} -> {load1[0]:.1f} on {os.cpu_count()} CPUs; "
           f"wrote {args.out}/quality.{{json,md,png}}")
 
 
