@@ -6,6 +6,7 @@ Only fields the user set explicitly (`Config._explicit`) are reported: a default
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from .schema import Config
 
 GAN_FIELDS = (
@@ -21,6 +22,28 @@ MAINTENANCE_FIELDS = tuple(_Q + f for f in ("kmeans_init", "kmeans_iters", "kmea
 RESIDUAL_FIELDS = (_Q + "rvq_levels", _Q + "shared_codebook")
 VALIDATION_FIELDS = ("data.val_batch_size", "data.max_val_samples", "train.validation_interval",
                      "train.val_max_batches", "train.best_metric")
+
+
+FSQ_FIELDS = (_Q + "fsq_levels",)
+LFQ_FIELDS = tuple(_Q + f for f in ("lfq_sample_entropy_weight", "lfq_batch_entropy_weight", "lfq_temperature",
+                                   "lfq_entropy_groups"))
+SIMVQ_FIELDS = (_Q + "simvq_codebook_std",)
+TYPED_QUANTIZERS = ("fsq", "simvq", "lfq")
+
+
+def flag_typed_quantizer_fields(flag, cfg: Config, qtype: str | None) -> None:
+    """FSQ / LFQ / SimVQ fields outside their type, and the codebook fields those types do not read."""
+    for t, fields in (("fsq", FSQ_FIELDS), ("lfq", LFQ_FIELDS), ("simvq", SIMVQ_FIELDS)):
+        if qtype != t:
+            flag(fields, f"model.quantizer.type is {qtype!r}; this setting applies to type {t!r} only")
+    if qtype not in TYPED_QUANTIZERS:
+        return
+    reason = f"model.quantizer.type is {qtype!r}, which has no learned codebook to update or maintain"
+    flag(EMA_FIELDS + GUMBEL_FIELDS + MAINTENANCE_FIELDS + (_Q + "legacy",), reason)
+    if qtype == "fsq":
+        flag([_Q + "beta"], "model.quantizer.type is 'fsq', which has no auxiliary loss")
+        size = "model.vqvae2.nb_entries" if cfg.model.family == "vqvae2" else "model.n_embed"
+        flag([size], "model.quantizer.type is 'fsq': K is the product of model.quantizer.fsq_levels")
 
 
 class ConfigWarning(UserWarning):
@@ -48,9 +71,22 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
     if loss.pixelloss_weight == 0:
         flag(["loss.pixel_loss"], "loss.pixelloss_weight is 0, so there is no pixel loss")
 
+    try:
+        qtype = m.quantizer_choice().type
+    except ConfigError:
+        qtype = None  # reported by validation; nothing to say about effects
+    flag_typed_quantizer_fields(flag, cfg, qtype)
+    # taming's base model with an explicit ema / gumbel type: the type decides what applies, as that variant would
+    typed_base = m.family == "taming" and q.type is not None and m.variant == "VQModel" and qtype in ("ema", "gumbel")
+    if typed_base:
+        other = "EMAVQ" if qtype == "ema" else "GumbelVQ"
+        flag(GUMBEL_FIELDS if qtype == "ema" else EMA_FIELDS + MAINTENANCE_FIELDS + (_Q + "beta", _Q + "legacy"),
+             f"model.quantizer.type is {qtype!r} (as variant {other}), for which this setting does nothing")
     if m.family == "taming":
         flag_section("model.vqvae2", "model.family is taming; model.vqvae2 configures the VQ-VAE-2 family only")
-        if m.variant == "VQModel":
+        if qtype in TYPED_QUANTIZERS or typed_base:
+            pass  # flagged above
+        elif m.variant == "VQModel":
             flag(EMA_FIELDS, "model.variant is VQModel; only EMAVQ (and VQ-VAE-2) codebooks are updated by EMA")
             flag(GUMBEL_FIELDS, "model.variant is VQModel; Gumbel-softmax settings apply to GumbelVQ only")
         elif m.variant == "EMAVQ":
@@ -68,8 +104,9 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
         reason = "model.family is vqvae2; it is configured by model.vqvae2 (nb_entries, embed_dim, ...)"
         flag(["model.n_embed", "model.embed_dim"], reason)
         flag_section("model.ddconfig", reason)
-        flag(GUMBEL_FIELDS + RESIDUAL_FIELDS + (_Q + "legacy",),
-             "model.family is vqvae2, whose levels use plain EMA codebooks")
+        if qtype in (None, "ema"):
+            flag(GUMBEL_FIELDS + (_Q + "legacy",), "model.family is vqvae2, whose levels use plain EMA codebooks")
+        flag(RESIDUAL_FIELDS, "model.family is vqvae2, which has one codebook per level")
     if not q.kmeans_init:
         flag([_Q + "kmeans_iters", _Q + "kmeans_batches"], "model.quantizer.kmeans_init is false")
     if q.rvq_levels == 1:

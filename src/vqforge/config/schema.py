@@ -14,6 +14,7 @@ from .parse import require
 
 Family = Literal["taming", "vqvae2"]
 Variant = Literal["VQModel", "EMAVQ", "GumbelVQ"]
+QuantizerType = Literal["vq", "ema", "gumbel", "residual", "product", "fsq", "simvq", "lfq"]
 
 # model_type aliases from the user's seed format -> family
 FAMILY_ALIASES: dict[str, Family] = {
@@ -119,9 +120,31 @@ class QuantizerConfig:
     kmeans_iters: int = 10
     kmeans_batches: int = 1  # how many first training batches feed the k-means initialisation
     restart_unused_steps: int = 0  # restart codes unused for this many steps with recent encoder outputs; 0 = off
+    # which quantizer, for any family (README "Quantizers"); null = the one model.variant implies (VQModel: vq,
+    # EMAVQ: ema, GumbelVQ: gumbel; rvq_levels > 1 makes those residual), VQ-VAE-2: ema
+    type: QuantizerType | None = None
+    # FSQ: integer levels per latent channel; K = their product (default 1000 codes; [8, 8, 8, 5, 5, 5] = 64,000)
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    # LFQ (K = n_embed = 2^d codes of d sign bits): weight of the mean per-token code entropy (minimised: confident
+    # tokens) and of the batch entropy of the mean code distribution (maximised: every code used); commitment: beta
+    lfq_sample_entropy_weight: float = 0.1
+    lfq_batch_entropy_weight: float = 0.1
+    lfq_temperature: float = 0.01  # τ of p(c|z) = softmax(-||z - c||² / τ) in the entropy terms
+    lfq_entropy_groups: int = 1  # batch entropy over G groups of d/G bits (cheaper, factorized); 1 = exact over K
+    # SimVQ: std of the frozen random codebook (a learned linear layer maps it); null = embed_dim^-0.5, the paper's
+    simvq_codebook_std: float | None = None
 
     def check(self, path: str) -> None:
         p = path or "quantizer"
+        bad_levels = [v for v in self.fsq_levels if v < 2]
+        require(bool(self.fsq_levels) and not bad_levels, f"{p}.fsq_levels",
+                f"must be a non-empty list of integers >= 2, got {self.fsq_levels}", "use e.g. [8, 5, 5, 5] (K = 1000)")
+        require(self.lfq_sample_entropy_weight >= 0, f"{p}.lfq_sample_entropy_weight", "must be >= 0", "use e.g. 0.1")
+        require(self.lfq_batch_entropy_weight >= 0, f"{p}.lfq_batch_entropy_weight", "must be >= 0", "use e.g. 0.1")
+        require(self.lfq_temperature > 0, f"{p}.lfq_temperature", f"must be > 0, got {self.lfq_temperature}", "use e.g. 0.01")
+        require(self.lfq_entropy_groups >= 1, f"{p}.lfq_entropy_groups", "must be >= 1", "use 1 (exact) or e.g. 2")
+        require(self.simvq_codebook_std is None or self.simvq_codebook_std > 0, f"{p}.simvq_codebook_std",
+                "must be > 0", "use null for the paper's embed_dim^-0.5")
         require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}", "use e.g. 0.25")
         require(0.0 < self.decay < 1.0, f"{p}.decay", f"must be in (0, 1), got {self.decay}", "use e.g. 0.99")
         require(self.eps > 0, f"{p}.eps", f"must be > 0, got {self.eps}", "use e.g. 1e-5")
@@ -171,6 +194,77 @@ class VQVAE2Config:
         return out
 
 
+# quantizer type each taming variant implies; VQModel (taming's base model) also takes any explicit type
+VARIANT_QUANTIZER: dict[str, str] = {"VQModel": "vq", "EMAVQ": "ema", "GumbelVQ": "gumbel"}
+# explicit model.quantizer.type values a variant accepts (its own, and residual stacks of its kind)
+VARIANT_ALLOWS: dict[str, tuple[str, ...]] = {
+    "VQModel": ("vq", "ema", "gumbel", "residual", "product", "fsq", "simvq", "lfq"),
+    "EMAVQ": ("ema", "residual"),
+    "GumbelVQ": ("gumbel",),
+}
+# types whose indices are one (B, H, W) map, as every VQ-VAE-2 level needs
+VQVAE2_QUANTIZERS = ("vq", "ema", "gumbel", "fsq", "simvq", "lfq")
+
+
+@dataclass(frozen=True)
+class QuantizerChoice:
+    """The quantizer a model config selects: `type`, and for residual stacks the kind of each level."""
+
+    type: str  # one of QuantizerType, never null here
+    residual_kind: str = "vq"  # "vq" or "ema" (residual only)
+
+
+def resolve_quantizer(family: str, variant: str | None, q: "QuantizerConfig", n_codes: int,
+                      path: str = "model") -> QuantizerChoice:
+    """model.quantizer.type, or what the variant implies; ConfigError for contradictions and impossible pairs.
+
+    n_codes: the config's codebook size (taming n_embed, VQ-VAE-2 nb_entries), checked where the type needs it.
+    """
+    qp = f"{path}.quantizer"
+    t = q.type
+    if family == "vqvae2":
+        t = t or "ema"
+        require(t in VQVAE2_QUANTIZERS, f"{qp}.type",
+                f"{t!r} is not available for VQ-VAE-2: each of its levels needs one (B, H, W) index map",
+                f"use one of {list(VQVAE2_QUANTIZERS)}, or model.family: taming")
+        require(q.rvq_levels == 1, f"{qp}.rvq_levels",
+                "residual quantization is a taming-family option; VQ-VAE-2 has one codebook per level",
+                "remove rvq_levels, or use model.family: taming")
+        kind = "vq"
+    else:
+        implied = VARIANT_QUANTIZER.get(variant or "", "vq")
+        allowed = VARIANT_ALLOWS.get(variant or "", VARIANT_ALLOWS["VQModel"])
+        if t is not None and t not in allowed:
+            raise ConfigError(
+                f"{qp}.type", f"is {t!r}, but model.variant {variant!r} means the {implied!r} quantizer",
+                f"remove model.quantizer.type (or set it to {implied!r}), or set model.variant: VQModel "
+                f"(taming's base model, which takes any quantizer type) to use {t!r}")
+        kind = "ema" if (t == "ema" or (t in (None, "residual") and implied == "ema")) else "vq"
+        if t is None:
+            t = implied
+        if t in ("vq", "ema") and q.rvq_levels > 1:
+            t = "residual"
+        if t == "residual":
+            require(q.rvq_levels > 1, f"{qp}.rvq_levels", f"is {q.rvq_levels}, but type 'residual' stacks several levels",
+                    "set model.quantizer.rvq_levels to the depth, e.g. 4 (or use type vq / ema for one level)")
+    if t not in ("residual",) and q.rvq_levels > 1:
+        raise ConfigError(f"{qp}.rvq_levels", f"residual quantization is not available with quantizer type {t!r}",
+                          "use type vq or ema (variant VQModel or EMAVQ) for residual VQ, or rvq_levels: 1")
+    if t == "product":
+        raise ConfigError(f"{qp}.type", "'product' (product quantization) is not available in this build yet",
+                          "choose another quantizer type (vq, ema, gumbel, residual, fsq, simvq, lfq)")
+    if t == "lfq":
+        size_key = f"{path}.vqvae2.nb_entries" if family == "vqvae2" else f"{path}.n_embed"
+        require(n_codes >= 2 and n_codes & (n_codes - 1) == 0, size_key,
+                f"is {n_codes}, but LFQ codes are d sign bits, so K must be a power of two",
+                "use e.g. 16384 (14 bits) or 262144 (18 bits)")
+        bits = n_codes.bit_length() - 1
+        require(q.lfq_entropy_groups <= bits, f"{qp}.lfq_entropy_groups",
+                f"is {q.lfq_entropy_groups}, more groups than the {bits} bits of K = {n_codes}",
+                f"use 1 (exact) up to {bits}")
+    return QuantizerChoice(t, kind)
+
+
 @dataclass
 class ModelConfig:
     family: Family = "taming"  # taming (VQGAN family) or vqvae2; seed model_type aliases map here
@@ -199,6 +293,13 @@ class ModelConfig:
                     f"use one of {list(allowed)}")
             require(not (self.variant == "GumbelVQ" and self.quantizer.rvq_levels > 1), f"{p}.quantizer.rvq_levels",
                     "residual quantization is not available with GumbelVQ", "use variant VQModel or EMAVQ, or rvq_levels: 1")
+        n_codes = self.vqvae2.nb_entries if self.family == "vqvae2" else self.n_embed
+        resolve_quantizer(self.family, self.variant, self.quantizer, n_codes, p)
+
+    def quantizer_choice(self) -> QuantizerChoice:
+        """The quantizer this config builds (model.quantizer.type, or what the variant implies)."""
+        n_codes = self.vqvae2.nb_entries if self.family == "vqvae2" else self.n_embed
+        return resolve_quantizer(self.family, self.variant, self.quantizer, n_codes)
 
 
 @dataclass

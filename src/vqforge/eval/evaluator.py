@@ -118,7 +118,7 @@ def codebook_sizes(model: nn.Module) -> list[int]:
     """Codebook size K of every index level the model emits (residual depths or hierarchy levels)."""
     cfg = getattr(model, "config", None)
     if cfg is not None and getattr(cfg, "family", None) == "vqvae2":
-        return [cfg.vqvae2.nb_entries] * cfg.vqvae2.nb_levels
+        return [int(getattr(model, "nb_entries", cfg.vqvae2.nb_entries))] * cfg.vqvae2.nb_levels
     k = getattr(model, "num_codes", None)
     if k is None and cfg is not None:
         k = cfg.n_embed

@@ -3,7 +3,8 @@
 The module tree and state-dict keys are taming-transformers' (`encoder.*`, `decoder.*`, `quant_conv.*`,
 `post_quant_conv.*`, `quantize.embedding.weight`; EMAVQ adds `quantize.embedding.cluster_size/embed_avg`; GumbelVQ
 has `quantize.proj.*` and `quantize.embed.weight`), so the weights of its checkpoints load with strict key checking.
-The variant only chooses the quantizer (`vqforge.quantizers.build_quantizer`); encoder and decoder are shared.
+The variant only chooses the quantizer (`vqforge.quantizers.build_quantizer`), or `model.quantizer.type` does (fsq,
+simvq, lfq, ...); encoder and decoder are shared.
 
 Data flow, image side R x R, f = 2^(len(ch_mult)-1):
 
@@ -35,6 +36,7 @@ def check_taming_config(cfg: ModelConfig) -> None:
     if cfg.variant == "GumbelVQ" and cfg.quantizer.rvq_levels > 1:
         raise ConfigError("model.quantizer.rvq_levels", "residual quantization is not available with GumbelVQ",
                           "use variant VQModel or EMAVQ, or rvq_levels: 1")
+    cfg.quantizer_choice()  # model.quantizer.type against the variant
 
 
 class TamingVQGAN(nn.Module):
@@ -53,7 +55,7 @@ class TamingVQGAN(nn.Module):
         self.encoder = Encoder(dd)
         self.decoder = Decoder(dd)
         z_in = self.encoder.out_channels  # 2 * z_channels when double_z, else z_channels
-        if cfg.variant == "GumbelVQ":
+        if cfg.quantizer_choice().type == "gumbel":
             # the quantizer's own 1x1 `proj` maps z_channels to n_embed logits; taming-transformers' GumbelVQ
             # checkpoints have embed_dim == z_channels, so this conv has their quant_conv's shape
             self.quant_conv = nn.Conv2d(z_in, dd.z_channels, kernel_size=1)

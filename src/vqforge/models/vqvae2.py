@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config.schema import ModelConfig, QuantizerConfig
+from ..config.schema import ModelConfig, QuantizerConfig, resolve_quantizer
 from ..errors import ConfigError
+from ..quantizers import build_quantizer_of_type
 from ..quantizers.base import QuantizerOutput
 from ..quantizers.ema import EMAVectorQuantizer
 from ..quantizers.maintenance import MaintenanceConfig
@@ -150,13 +151,18 @@ _QUANTIZER_KEY_FOR = {"embed": "embedding.weight", "embed_avg": "embedding.embed
 
 
 class CodeLayer(nn.Module):
-    """1x1 conv to embed_dim followed by one EMA codebook (nb_entries × embed_dim)."""
+    """1x1 conv to embed_dim followed by one quantizer: an EMA codebook (nb_entries × embed_dim) by default, or the
+    single-map quantizer model.quantizer.type names (vq, gumbel, fsq, simvq, lfq)."""
 
     def __init__(self, in_channels: int, embed_dim: int, nb_entries: int, quantizer: QuantizerConfig):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, embed_dim, 1)
-        self.quantizer = EMAVectorQuantizer(nb_entries, embed_dim, beta=quantizer.beta, decay=quantizer.decay,
-                                            eps=quantizer.eps, maintenance=MaintenanceConfig.from_config(quantizer))
+        choice = resolve_quantizer("vqvae2", None, quantizer, nb_entries)
+        if choice.type == "ema":
+            self.quantizer = EMAVectorQuantizer(nb_entries, embed_dim, beta=quantizer.beta, decay=quantizer.decay,
+                                                eps=quantizer.eps, maintenance=MaintenanceConfig.from_config(quantizer))
+        else:
+            self.quantizer = build_quantizer_of_type(choice, quantizer, nb_entries, embed_dim, embed_dim)
 
     def forward(self, h: torch.Tensor) -> QuantizerOutput:
         # the codebook runs in fp32 even under bf16 autocast: EMA averages and squared distances lose too much in bf16
@@ -206,6 +212,7 @@ class VQVAE2(nn.Module):
         self.codebooks = nn.ModuleList(
             CodeLayer(hid + (d if lvl < n - 1 else 0), d, c.nb_entries, config.quantizer) for lvl in range(n)
         )
+        self.nb_entries = self.codebooks[0].quantizer.num_codes  # K: nb_entries, or the FSQ grid size
         # decoders[l] takes level l's code plus the codes of the n-1-l coarser levels, up by scaling_rates[l],
         # to embed_dim channels (conditioning for level l-1) or, for l = 0, to the image
         self.decoders = nn.ModuleList(

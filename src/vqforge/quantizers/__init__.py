@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from ..config.schema import QuantizerConfig
+from ..config.schema import QuantizerChoice, QuantizerConfig, resolve_quantizer
 from ..errors import ConfigError
 from .base import Quantizer, QuantizerOutput
 from .ema import EMAVectorQuantizer
+from .fsq import FSQuantizer
 from .gumbel import GumbelQuantizer
+from .lfq import LookupFreeQuantizer
 from .maintenance import MaintenanceConfig
 from .residual import ResidualVectorQuantizer
+from .simvq import SimVQuantizer
 from .vq import VectorQuantizer
 
 KNOWN_VARIANTS = ("VQModel", "EMAVQ", "GumbelVQ")
@@ -19,7 +22,19 @@ def build_quantizer(variant: str, cfg: QuantizerConfig, n_embed: int, embed_dim:
 
     "VQModel" -> VectorQuantizer, "EMAVQ" -> EMAVectorQuantizer (each a ResidualVectorQuantizer of that kind when
     cfg.rvq_levels > 1), "GumbelVQ" -> GumbelQuantizer (in_channels: channels of its input, for the 1x1 projection).
+    An explicit cfg.type chooses instead (fsq, simvq, lfq, or another of the above; see resolve_quantizer).
     """
+    if variant not in KNOWN_VARIANTS:
+        raise ConfigError("model.variant", f"unknown quantizer variant {variant!r}", f"use one of {list(KNOWN_VARIANTS)}")
+    choice = resolve_quantizer("taming", variant, cfg, n_embed)
+    if choice.type in TYPED_QUANTIZERS:
+        return build_quantizer_of_type(choice, cfg, n_embed, embed_dim, in_channels)
+    if choice.type == "ema" and variant == "VQModel":
+        variant = "EMAVQ"  # VQModel with type: ema
+    if choice.type == "gumbel":
+        variant = "GumbelVQ"
+    if choice.type == "residual":
+        variant = "EMAVQ" if choice.residual_kind == "ema" else "VQModel"
     maintenance = MaintenanceConfig.from_config(cfg)
     if variant in ("VQModel", "EMAVQ"):
         kind = "vq" if variant == "VQModel" else "ema"
@@ -44,14 +59,45 @@ def build_quantizer(variant: str, cfg: QuantizerConfig, n_embed: int, embed_dim:
     raise ConfigError("model.variant", f"unknown quantizer variant {variant!r}", f"use one of {list(KNOWN_VARIANTS)}")
 
 
+# quantizers chosen by model.quantizer.type alone (no taming variant of their own); each works in every family
+TYPED_QUANTIZERS = ("fsq", "simvq", "lfq")
+
+
+def build_quantizer_of_type(choice: QuantizerChoice, cfg: QuantizerConfig, n_embed: int, embed_dim: int,
+                            in_channels: int) -> Quantizer:
+    """One (B, H, W)-index quantizer of `choice.type` (not residual/product): the VQ-VAE-2 levels use this, and the
+    taming family for fsq/simvq/lfq. in_channels: channels of the input (Gumbel's 1x1 projection only)."""
+    t = choice.type
+    if t == "fsq":
+        return FSQuantizer(cfg.fsq_levels, embed_dim)
+    if t == "simvq":
+        return SimVQuantizer(n_embed, embed_dim, beta=cfg.beta, codebook_std=cfg.simvq_codebook_std)
+    if t == "lfq":
+        return LookupFreeQuantizer(
+            n_embed, embed_dim, beta=cfg.beta, sample_entropy_weight=cfg.lfq_sample_entropy_weight,
+            batch_entropy_weight=cfg.lfq_batch_entropy_weight, temperature=cfg.lfq_temperature,
+            entropy_groups=cfg.lfq_entropy_groups,
+        )
+    if t in ("vq", "ema", "gumbel"):
+        return build_quantizer({"vq": "VQModel", "ema": "EMAVQ", "gumbel": "GumbelVQ"}[t], cfg, n_embed, embed_dim,
+                               in_channels)
+    raise ConfigError("model.quantizer.type", f"{t!r} cannot be built as a single-map quantizer here",
+                      "use vq, ema, gumbel, fsq, simvq or lfq")
+
+
 __all__ = [
     "EMAVectorQuantizer",
+    "FSQuantizer",
     "GumbelQuantizer",
     "KNOWN_VARIANTS",
+    "LookupFreeQuantizer",
     "MaintenanceConfig",
     "Quantizer",
     "QuantizerOutput",
     "ResidualVectorQuantizer",
+    "SimVQuantizer",
+    "TYPED_QUANTIZERS",
     "VectorQuantizer",
     "build_quantizer",
+    "build_quantizer_of_type",
 ]

@@ -1,0 +1,245 @@
+"""Held-out quality and codebook usage of every quantizer under one protocol (README "Quantizers").
+
+Protocol, identical for every row:
+- data: the sample photos (`data.source: sample_photos`): 6 training photos, shorter side resized to 128, random
+  64×64 crops with horizontal flips, batch 4, the trainer's own stream;
+- network: taming-family encoder/decoder, f4 (ch_mult [1, 1, 2]), ch 64, one res block per level, no attention,
+  z_channels 64; only the quantizer (and the width of the 1x1 quant_conv/post_quant_conv around it, i.e. the code
+  dimension each quantizer works in) differs;
+- training: vqforge's own `Trainer.train_step()` (built by `build_run`), L1 pixel loss + codebook loss, no GAN, no
+  LPIPS, Adam (betas 0.5, 0.9), lr 1e-3 with 5 warm-up steps and a cosine decay to 1e-4, `--steps` steps, seed 0;
+- evaluation on the two held-out photos (coffee, chelsea), never seen in training: at 64×64 f4 one crop is 256
+  tokens, and one centre crop per photo (the training run's own validation set) is 512 tokens, far too few to ever
+  use 16,384 codes. So the held-out set here is every non-overlapping 64×64 crop of each held-out photo resized
+  to several shorter sides (`--scales`, from 128 px up to the photo's own size): different pixels at each scale,
+  no crop overlaps another of its scale. `usage_ceiling` = min(1, tokens / K) is the most any quantizer could
+  reach on that many tokens. PSNR/SSIM per crop (uint8), usage / perplexity / dead codes over all held-out tokens,
+  bits per pixel at log2 K per token, all from `vqforge.eval.evaluator.evaluate`.
+
+By default the configurations run one after another in this process with one thread (`--jobs N` runs N at a time,
+each in its own process); the table and JSON are rewritten after every configuration, so an interrupted run keeps
+what it measured; at the end the table is printed (markdown) and plotted (usage and PSNR per quantizer at both
+codebook sizes). K >= 16,384 runs first: that is where the quantizers differ.
+
+    PYTHONPATH=src python bench/quality.py [--steps 30] [--jobs 1] [--out bench/results/quality]
+                                           [--only fsq-16384 lfq-512 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (quantizer section, n_embed, embed_dim). embed_dim is each quantizer's natural code width: FSQ the number
+# of levels, LFQ log2 K (no extra projections); the codebook quantizers 16.
+VQ_DIM = 16
+CASES: dict[str, tuple[dict, int, int]] = {}
+for k in (512, 16384):
+    CASES[f"vq-{k}"] = ({"type": "vq"}, k, VQ_DIM)
+    CASES[f"ema-restarts-{k}"] = ({"type": "ema", "decay": 0.99, "kmeans_init": True, "restart_unused_steps": 20},
+                                  k, VQ_DIM)
+    CASES[f"simvq-{k}"] = ({"type": "simvq"}, k, VQ_DIM)
+    bits = k.bit_length() - 1
+    # the batch entropy: exact over all K codes at K = 512; at K = 16,384 over 2 groups of 7 bits (the factorized
+    # form), because the exact term costs about as much CPU time as the whole network at this size
+    CASES[f"lfq-{k}"] = ({"type": "lfq", "lfq_entropy_groups": 1 if k <= 512 else 2}, k, bits)
+levels = {512: [8, 8, 8], 16384: [8, 8, 8, 8, 4]}
+for k, lv in levels.items():
+    CASES[f"fsq-{k}"] = ({"type": "fsq", "fsq_levels": lv}, k, len(lv))
+ORDER = [f"{q}-{k}" for k in (16384, 512) for q in ("vq", "ema-restarts", "simvq", "fsq", "lfq")]
+
+
+def case_config(name: str, steps: int) -> dict:
+    quantizer, n_embed, embed_dim = CASES[name]
+    return {
+        "model": {
+            "family": "taming", "variant": "VQModel", "n_embed": n_embed, "embed_dim": embed_dim,
+            "ddconfig": {"ch": 64, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                         "z_channels": 64, "resolution": 64, "dropout": 0.0},
+            "quantizer": {"beta": 0.25, **quantizer},
+        },
+        "loss": {"pixel_loss": "l1", "perceptual_weight": 0.0, "codebook_weight": 1.0, "use_gan": False},
+        "data": {"source": "sample_photos", "resolution": 64, "resize": 128, "hflip": True, "batch_size": 4},
+        "train": {"num_steps": steps, "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 5, "min_lr": 1e-4,
+                  "save_interval": 10**6, "validation_interval": 10**6, "seed": 0},
+        "log": {"every": 10**6, "tensorboard": False, "progress": False},
+    }
+
+
+def heldout_crops(scales: list[int]):
+    """(N, 3, 64, 64) float in [-1, 1]: non-overlapping 64×64 crops of each held-out photo at each shorter side."""
+    import torch
+    import torch.nn.functional as F
+
+    from vqforge.data.samples import sample_photo_split
+
+    _, val = sample_photo_split()
+    crops = []
+    for photo in val:
+        img = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H, W)
+        h, w = img.shape[-2:]
+        for s in scales:
+            if s > min(h, w):
+                continue  # never upsample: no invented detail
+            size = (round(h * s / min(h, w)), round(w * s / min(h, w)))
+            x = F.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False) if s != min(h, w) else img
+            x = x.clamp(-1, 1)
+            for top in range(0, size[0] - 63, 64):
+                for left in range(0, size[1] - 63, 64):
+                    crops.append(x[0, :, top:top + 64, left:left + 64])
+    return torch.stack(crops)
+
+
+def run_case(name: str, steps: int, scales: list[int]) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from vqforge.config import parse_config
+    from vqforge.eval.evaluator import evaluate
+    from vqforge.models.pretrained import unwrap_model
+    from vqforge.train.build import build_run
+
+    cfg = parse_config(case_config(name, steps))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vqforge-quality-") as tmp:
+        run = build_run(cfg, Path(tmp) / "run")
+        trainer = run.trainer
+        for _ in range(steps):
+            trainer.train_step()
+        run.logger.close()
+        train_s = time.perf_counter() - t0
+        model = unwrap_model(trainer.model)
+        crops = heldout_crops(scales)
+        batches = (crops[i:i + 32] for i in range(0, len(crops), 32))
+        result = evaluate(model, batches)
+    lvl = result.codebook[0]
+    k = lvl.num_codes
+    return {
+        "name": name, "quantizer": name.rsplit("-", 1)[0], "K": k, "embed_dim": CASES[name][2], "steps": steps,
+        "psnr": result.psnr, "ssim": result.ssim, "usage": lvl.usage, "used": lvl.used, "dead": lvl.dead,
+        "perplexity": lvl.perplexity, "entropy_bits": lvl.entropy_bits, "bpp": result.bpp,
+        "heldout_crops": result.num_images, "heldout_tokens": lvl.tokens, "usage_ceiling": min(1.0, lvl.tokens / k),
+        "train_seconds": train_s, "eval_seconds": result.seconds,
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| quantizer | K | code dim | held-out PSNR (dB) | SSIM | usage | used / K | perplexity | bits/pixel "
+            "| tokens (ceiling) |")
+    out = [head, "|" + "---|" * 10]
+    for r in rows:
+        out.append(f"| {r['quantizer']} | {r['K']:,} | {r['embed_dim']} | {r['psnr']:.2f} | {r['ssim']:.3f} "
+                   f"| {100 * r['usage']:.1f}% | {r['used']:,} / {r['K']:,} | {r['perplexity']:.0f} | {r['bpp']:.3f} "
+                   f"| {r['heldout_tokens']:,} ({100 * r['usage_ceiling']:.0f}%) |")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    quantizers = list(dict.fromkeys(r["quantizer"] for r in rows))
+    for col, (key, label) in enumerate((("usage", "held-out codebook usage"), ("psnr", "held-out PSNR (dB)"))):
+        ax = fig.add_subplot(1, 2, col + 1)
+        width = 0.8 / 2
+        for j, big in enumerate((False, True)):
+            vals = []
+            for q in quantizers:
+                match = [r for r in rows if r["quantizer"] == q and (r["K"] >= 16384) == big]
+                vals.append(100 * match[0][key] if match and key == "usage" else (match[0][key] if match else 0.0))
+            xs = [i + (j - 0.5) * width for i in range(len(quantizers))]
+            ax.bar(xs, vals, width=width, label="K >= 16,384" if big else "K ~ 512")
+        ax.set_xticks(range(len(quantizers)))
+        ax.set_xticklabels(quantizers, rotation=20)
+        ax.set_title(label)
+        if key == "usage":
+            ax.set_ylim(0, 105)
+            ax.set_ylabel("% of codes used")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--jobs", type=int, default=1, help="configurations trained at once (one thread each)")
+    ap.add_argument("--scales", type=int, nargs="+", default=[128, 160, 192, 224, 256, 300, 352, 400],
+                    help="shorter sides of the held-out photos for the evaluation crops (no upsampling)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
+    ap.add_argument("--only", nargs="+", choices=list(CASES), default=None)
+    ap.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    args = ap.parse_args()
+
+    if args.case:
+        print("RESULT " + json.dumps(run_case(args.case, args.steps, args.scales)), flush=True)
+        return
+
+    names = [n for n in ORDER if args.only is None or n in args.only]
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    results: dict[str, dict] = {}
+
+    def write() -> list[dict]:
+        rows = [results[n] for n in names if n in results]
+        meta = {"steps": args.steps, "jobs": args.jobs, "scales": args.scales,
+                "wall_seconds": time.perf_counter() - t0, "load_average_start": load0,
+                "load_average_end": os.getloadavg(), "cpus": os.cpu_count(), "threads_per_run": 1}
+        (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        (args.out / "quality.md").write_text(markdown(rows) + "\n")
+        return rows
+
+    def done(name: str, r: dict) -> None:
+        results[name] = r
+        print(f"{name}: PSNR {r['psnr']:.2f} dB, usage {100 * r['usage']:.1f}%, train {r['train_seconds']:.0f}s",
+              flush=True)
+        write()
+
+    if args.jobs <= 1:
+        for name in names:
+            done(name, run_case(name, args.steps, args.scales))
+    else:
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                   PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        pending, running = list(names), []
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                name = pending.pop(0)
+                cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--scales",
+                       *map(str, args.scales)]
+                running.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                       text=True, env=env)))
+            time.sleep(1.0)
+            for name, proc in list(running):
+                if proc.poll() is None:
+                    continue
+                running.remove((name, proc))
+                text = proc.stdout.read() if proc.stdout else ""
+                line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+                if proc.returncode != 0 or not line:
+                    print(f"{name}: FAILED (exit {proc.returncode})\n{text[-3000:]}", flush=True)
+                    continue
+                done(name, json.loads(line[-1][len("RESULT "):]))
+    rows = write()
+    if rows:
+        plot(rows, args.out / "quality.png")
+    print(markdown(rows))
+    load1 = os.getloadavg()
+    print(f"\n{len(rows)}/{len(names)} configurations, {(time.perf_counter() - t0) / 60:.1f} min wall, "
+          f"load average {load0[0]:.1f} -> {load1[0]:.1f} on {os.cpu_count()} CPUs; "
+          f"wrote {args.out}/quality.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+    main()
