@@ -48,8 +48,15 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
     if loss.pixelloss_weight == 0:
         flag(["loss.pixel_loss"], "loss.pixelloss_weight is 0, so there is no pixel loss")
 
-    if m.family == "taming":
-        flag_section("model.vqvae2", "model.family is taming; model.vqvae2 configures the VQ-VAE-2 family only")
+    for fam in ("vqvae2", "vqvae2_optvq", "dalle_vqvae"):
+        if m.family != fam:
+            flag_section(f"model.{fam}", f"model.family is {m.family}; model.{fam} configures the {fam} family only")
+    if m.family in ("vqvae2_optvq", "dalle_vqvae"):
+        reason = f"model.family is {m.family}; it is configured by model.{m.family} alone"
+        flag(["model.n_embed", "model.embed_dim"], reason)
+        flag_section("model.ddconfig", reason)
+        flag_section("model.quantizer", reason)
+    elif m.family == "taming":
         if m.variant == "VQModel":
             flag(EMA_FIELDS, "model.variant is VQModel; only EMAVQ (and VQ-VAE-2) codebooks are updated by EMA")
             flag(GUMBEL_FIELDS, "model.variant is VQModel; Gumbel-softmax settings apply to GumbelVQ only")
@@ -74,6 +81,9 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
         flag([_Q + "kmeans_iters", _Q + "kmeans_batches"], "model.quantizer.kmeans_init is false")
     if q.rvq_levels == 1:
         flag([_Q + "shared_codebook"], "model.quantizer.rvq_levels is 1 (one codebook, nothing to share)")
+        flag([_Q + "rvq_loss", _Q + "quantize_dropout"], "model.quantizer.rvq_levels is 1 (no residual depths)")
+    if m.variant != "PQEMAVQ":
+        flag([_Q + "num_subspaces"], "num_subspaces applies to variant PQEMAVQ (product quantization) only")
 
     if tr.lr_schedule != "exponential":
         flag(["train.lr_decay", "train.lr_decay_every"],

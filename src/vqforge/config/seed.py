@@ -22,6 +22,9 @@ from .mapping import Mapped, NativeBuilder, check_keys, section
 from .parse import closest
 from .schema import FAMILY_ALIASES, VARIANTS_BY_FAMILY
 from .taming import map_lossconfig
+from .user_models import TAMING_EXTRA, apply_user_model_args, map_user_model_args
+
+USER_FAMILIES = ("vqvae2_optvq", "dalle_vqvae")  # model_args mapped entirely by user_models.py
 
 TOP_KEYS = ("model_type", "model_args", "train_args", "data_args", "use_images", "data_process", "use_wandb",
             "project_name", "scaling_rates")
@@ -100,11 +103,16 @@ def seed_to_native(raw: dict) -> Mapped:
     check_keys(raw, TOP_KEYS, "<root>")
     family = _map_model_type(b, raw)
     model_args = section(raw, "model_args", "model_args")
-    check_keys(model_args, MODEL_ARGS, "model_args")
+    if family not in USER_FAMILIES:  # those check their own keys (user_models.py)
+        check_keys(model_args, MODEL_ARGS + (TAMING_EXTRA if family == "taming" else ()), "model_args")
     _map_variant(b, raw, model_args, family)
     _map_model_args(b, model_args, family)
     if "scaling_rates" in raw:
-        b.put("model.vqvae2.scaling_rates", raw["scaling_rates"], "scaling_rates")
+        if family == "dalle_vqvae":
+            b.note("scaling_rates: has no effect: the VqVae model has one level")
+        else:
+            arch = "vqvae2_optvq" if family == "vqvae2_optvq" else "vqvae2"
+            b.put(f"model.{arch}.scaling_rates", raw["scaling_rates"], "scaling_rates")
     rates = b.get("model.vqvae2.scaling_rates")
     if isinstance(rates, list):
         b.default("model.vqvae2.nb_levels", len(rates))  # as vvvm23's VQ-VAE-2: one level per rate
@@ -161,17 +169,17 @@ def _map_variant(b: NativeBuilder, raw: dict, model_args: dict, family: str) -> 
     mt = raw["model_type"]
     mv = model_args.get("model_variant")
     src = "model_args.model_variant"
-    if family == "vqvae2":
+    if family != "taming":
         if mv is not None:
             if mv in TAMING_VARIANTS:
                 raise ConfigError(
                     src,
                     f"{mv!r} is a taming variant (taming variants: {', '.join(TAMING_VARIANTS)}), but model_type "
-                    f"{mt!r} selects the VQ-VAE-2 family, which has no variants",
+                    f"{mt!r} selects the {family} family, which has no variants",
                     f'set "model_type": "TamingVQGAN" to train a taming {mv} model (its lossconfig then applies '
                     "as written), or remove model_variant to train VQ-VAE-2",
                 )
-            raise ConfigError(src, f"{mv!r}: model_type {mt!r} (VQ-VAE-2) has no variants",
+            raise ConfigError(src, f"{mv!r}: model_type {mt!r} ({family}) has no variants",
                               "remove model_variant")
         b.default("model.variant", None)
         return
@@ -189,9 +197,12 @@ def _map_variant(b: NativeBuilder, raw: dict, model_args: dict, family: str) -> 
 
 
 def _map_model_args(b: NativeBuilder, args: dict, family: str) -> None:
+    # the OptVQ VQ-VAE-2, the VqVae and the taming residual/product settings (user_models.py)
+    user = map_user_model_args(family, args, "model_args", variant=b.get("model.variant"))
+    apply_user_model_args(b, user)
     for key, value in args.items():
         src = f"model_args.{key}"
-        if key in ("model_variant", "lossconfig"):
+        if key in ("model_variant", "lossconfig") or key in user.handled:
             continue
         if key == "n_embed":
             b.put("model.n_embed", value, src)
@@ -210,7 +221,7 @@ def _map_model_args(b: NativeBuilder, args: dict, family: str) -> None:
             b.put(f"model.vqvae2.{key}", value, src)
     # older names after the new ones, so a clash names the older key as the one to remove
     for old, new in VQVAE2_OLD_NAMES.items():
-        if old in args:
+        if old in args and old not in user.handled:
             b.put(f"model.vqvae2.{new}", args[old], f"model_args.{old}", why=f"{old} is the older name of {new}",
                   fix=f"remove model_args.{old} and keep model_args.{new}")
 
