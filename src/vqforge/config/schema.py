@@ -204,7 +204,6 @@ class VQVAE2OptVQConfig(VQVAE2Config):
     use_prob: bool = True  # training: sample each code from the transport plan (false: its argmax)
     beta: float = 1.0  # weight of the codebook term for loss_q_type l2/l1 (unused by ce)
     loss_q_type: Literal["ce", "l2", "l1"] = "ce"  # ce: cross-entropy of −distances at the chosen codes
-    use_norm: bool = False  # l2-normalised codes and inputs: refused (the user's system refused it too)
     use_proj: bool = True  # codebook = proj(embedding.weight), a learned linear map
 
     def check(self, path: str) -> None:
@@ -217,8 +216,6 @@ class VQVAE2OptVQConfig(VQVAE2Config):
         require(self.epsilon > 0, f"{p}.epsilon", f"must be > 0, got {self.epsilon}", "use e.g. 10.0")
         require(self.n_iters >= 0, f"{p}.n_iters", f"must be >= 0, got {self.n_iters}", "use e.g. 5")
         require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}", "use e.g. 1.0")
-        require(not self.use_norm, f"{p}.use_norm", "normalised codes are not supported (unstable without theory; "
-                "the previous system refused them as well)", "set use_norm: false")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from .taming import map_lossconfig
 from .user_models import TAMING_EXTRA, apply_user_model_args, map_user_model_args
 
 USER_FAMILIES = ("vqvae2_optvq", "dalle_vqvae")  # model_args mapped entirely by user_models.py
+FAMILY_NAMES = {"vqvae2": "VQ-VAE-2", "vqvae2_optvq": "VQ-VAE-2 OptVQ", "dalle_vqvae": "VqVae"}
 
 TOP_KEYS = ("model_type", "model_args", "train_args", "data_args", "use_images", "data_process", "use_wandb",
             "project_name", "scaling_rates")
@@ -175,11 +176,11 @@ def _map_variant(b: NativeBuilder, raw: dict, model_args: dict, family: str) -> 
                 raise ConfigError(
                     src,
                     f"{mv!r} is a taming variant (taming variants: {', '.join(TAMING_VARIANTS)}), but model_type "
-                    f"{mt!r} selects the {family} family, which has no variants",
+                    f"{mt!r} selects the {FAMILY_NAMES.get(family, family)} family, which has no variants",
                     f'set "model_type": "TamingVQGAN" to train a taming {mv} model (its lossconfig then applies '
                     "as written), or remove model_variant to train VQ-VAE-2",
                 )
-            raise ConfigError(src, f"{mv!r}: model_type {mt!r} ({family}) has no variants",
+            raise ConfigError(src, f"{mv!r}: model_type {mt!r} ({FAMILY_NAMES.get(family, family)}) has no variants",
                               "remove model_variant")
         b.default("model.variant", None)
         return

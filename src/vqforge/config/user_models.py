@@ -9,7 +9,8 @@ so a reader skips them. The readers call `apply_user_model_args(builder, mapped)
 Meanings, from the user's code:
 - `vqvae2_optvq` (VQ-VAE-2 with Sinkhorn assignment): `in_channels, hidden_channels, res_channels, nb_res_layers,
   nb_levels, embed_dim, nb_entries, scaling_rates, epsilon, n_iters, normalize_mode, use_prob, beta, loss_q_type,
-  use_norm, use_proj`, older names `input_channels, vocab_size, n_init, n_hid`; every other parameter of the user's
+  use_proj`, `use_norm` (false only: the user's quantizer refused true), older names `input_channels, vocab_size,
+  n_init, n_hid`; every other parameter of the user's
   model families (e.g. `group_count`, `commitment_cost`, `decay`) was silently dropped there -> no effect here.
   Family defaults: 3 levels, scaling_rates [8, 4, 2], res_channels 32. (The user's system fell back to the
   top-level `scaling_rates` or [4, 2], so its own `param.json` failed with 3 levels; vqforge reports that mismatch as
@@ -34,7 +35,7 @@ from .parse import closest
 
 OPTVQ_PARAMS = ("in_channels", "hidden_channels", "res_channels", "nb_res_layers", "nb_levels", "embed_dim",
                 "nb_entries", "scaling_rates", "epsilon", "n_iters", "normalize_mode", "use_prob", "beta",
-                "loss_q_type", "use_norm", "use_proj")
+                "loss_q_type", "use_proj")
 OLD_NAMES = {"input_channels": "in_channels", "vocab_size": "nb_entries", "n_init": "embed_dim",
              "n_hid": "hidden_channels"}
 DALLE_PARAMS = ("input_channels", "n_init", "vocab_size", "commitment_cost", "decay")
@@ -43,8 +44,8 @@ TAMING_EXTRA = ("rvq_levels", "num_quantizers", "pq_num_subspaces", "pq_decay", 
 # keys a reader maps the same way for every family
 GENERIC = ("model_variant", "lossconfig", "ckpt_path")
 # every parameter name of the user's model families: such a key on another family is "no effect", not a typo
-ALL_USER_PARAMS = tuple(dict.fromkeys(OPTVQ_PARAMS + tuple(OLD_NAMES) + DALLE_PARAMS + DALLE_INERT + TAMING_EXTRA
-                                      + ("n_embed", "ddconfig", "quantizer", "eps")))
+ALL_USER_PARAMS = tuple(dict.fromkeys(OPTVQ_PARAMS + ("use_norm",) + tuple(OLD_NAMES) + DALLE_PARAMS + DALLE_INERT
+                                      + TAMING_EXTRA + ("n_embed", "ddconfig", "quantizer", "eps")))
 
 
 @dataclass
@@ -85,7 +86,12 @@ def _optvq(args: dict, where: str, out: UserModelArgs) -> None:
         if key in GENERIC:
             continue
         out.handled.add(key)
-        if key in OPTVQ_PARAMS:
+        if key == "use_norm":
+            # the user's quantizer refused use_norm: true (an assert); false is the only behaviour there is
+            if value is not False:
+                raise ConfigError(f"{where}.use_norm", f"{value!r}: l2-normalised codes are not supported (the "
+                                  "previous system refused them as well)", 'set "use_norm": false or remove it')
+        elif key in OPTVQ_PARAMS:
             out.values.append((f"model.vqvae2_optvq.{key}", value, f"{where}.{key}", None))
         elif key in OLD_NAMES:
             continue  # after the new names (below), so a clash names the older key
@@ -93,7 +99,7 @@ def _optvq(args: dict, where: str, out: UserModelArgs) -> None:
             out.inert.append((f"{where}.{key}", "the VQ-VAE-2 OptVQ model does not use it (the previous system "
                               "dropped it silently)"))
         else:
-            raise _unknown(key, OPTVQ_PARAMS + tuple(OLD_NAMES), where, "vqvae2_optvq")
+            raise _unknown(key, OPTVQ_PARAMS + ("use_norm",) + tuple(OLD_NAMES), where, "vqvae2_optvq")
     for old, new in OLD_NAMES.items():
         if old in args:
             out.values.append((f"model.vqvae2_optvq.{new}", args[old], f"{where}.{old}",

@@ -55,8 +55,6 @@ class VQVAE2OptVQ(VQVAE2):
 def build_vqvae2_optvq(config: ModelConfig) -> VQVAE2OptVQ:
     """Build an OptVQ VQ-VAE-2 from `config.vqvae2_optvq`."""
     c = config.vqvae2_optvq
-    if c.use_norm:
-        raise ConfigError("model.vqvae2_optvq.use_norm", "normalised codes are not supported", "set use_norm: false")
     if len(c.scaling_rates) != c.nb_levels:
         raise ConfigError("model.vqvae2_optvq.scaling_rates",
                           f"has {len(c.scaling_rates)} entries but nb_levels is {c.nb_levels}",
