@@ -96,6 +96,8 @@ def architecture_hash(cfg: Config) -> str:
     else:
         fields.update(n_embed=m.n_embed, embed_dim=m.embed_dim, ddconfig=to_dict(m.ddconfig),
                       rvq_levels=m.quantizer.rvq_levels, shared_codebook=m.quantizer.shared_codebook)
+        if m.variant == "PQEMAVQ":
+            fields["num_subspaces"] = m.quantizer.num_subspaces
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -423,7 +425,7 @@ def encode_main(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".safetensors", ".npy"):
         raise ConfigError("--out", f"unknown indices file type {out.suffix or '(none)'!r}",
                           "end the file name with .safetensors or .npy")
-    if out.suffix.lower() == ".npy" and cfg.model.family == "vqvae2":
+    if out.suffix.lower() == ".npy" and cfg.model.family in HIERARCHICAL_FAMILIES:
         raise ConfigError("--out", "this model is hierarchical: its index maps have different sizes per level "
                           "and do not fit one .npy array", "write a .safetensors file instead")
     files = resolve_sources(list(args.inputs), "INPUT")
