@@ -106,7 +106,9 @@ BASE = {"model": {"ddconfig": {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
 COMPANIONS = {"model.vqvae2.nb_levels": ["model.vqvae2.scaling_rates=[2, 2, 2]"],
               "data.shard_id": ["data.num_shards=4"],  # a shard index needs more than one shard
               # a VQ model quantizes z_channels channels: double_z (a KL-autoencoder switch) is refused for taming
-              "model.ddconfig.double_z": ["model.family=vqvae2"]}
+              "model.ddconfig.double_z": ["model.family=vqvae2"],
+              "model.vqvae2_optvq.nb_levels": ["model.vqvae2_optvq.scaling_rates=[2, 2, 2, 2]"],
+              "model.vqvae2_optvq.scaling_rates": ["model.vqvae2_optvq.nb_levels=1"]}
 
 
 def _field_type(path: str):
@@ -132,7 +134,7 @@ def _candidates(tp, default) -> list[Any]:
     if origin is list:
         (inner,) = get_args(tp)
         if inner is int:
-            return [[1, 2, 2], [16], [2, 2], [1]]
+            return [[1, 2, 2], [16], [2, 2], [1], [32, 64, 64]]  # the last: GroupNorm widths
         if inner is float:
             return [[0.1, 0.2]]
         return [["a/", "b/"]]

@@ -364,7 +364,7 @@ def test_taming_errors(mutate, path, word):
     # a variant from another family / unknown values
     (lambda r: r["model_args"].update(model_variant="VQVAE2"), "model_args.model_variant", "not a taming variant"),
     (lambda r: r.update(model_type="VQVAE3"), "model_type", "did you mean 'VQVAE2'"),
-    (lambda r: r.update(model_type="vqvae"), "model_type", "not available in vqforge yet"),
+    (lambda r: r.update(model_type="vqvae22"), "model_type", "did you mean 'vqvae2'"),
     (lambda r: (r.update(model_type="emavq"), r["model_args"].update(model_variant="VQModel")), "model_args.model_variant", "implies variant EMAVQ"),
     (lambda r: r["model_args"]["lossconfig"].update(target="my.losses.L2Loss"), "model_args.lossconfig.target", "VQLPIPSWithDiscriminator"),
     # given twice with different meanings

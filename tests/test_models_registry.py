@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from vqforge import ConfigError, build_model
-from vqforge.config.schema import DDConfig, ModelConfig, QuantizerConfig, VQVAE2Config
+from vqforge.config.schema import (DalleVQVAEConfig, DDConfig, ModelConfig, QuantizerConfig, VQVAE2Config,
+                                   VQVAE2OptVQConfig)
 from vqforge.models import registry
 
 
@@ -31,6 +32,23 @@ def vqvae2() -> ModelConfig:
         scaling_rates=[2, 2]))
 
 
+def vqvae2_optvq(**kw) -> Callable[[], ModelConfig]:
+    def make() -> ModelConfig:
+        return ModelConfig(family="vqvae2_optvq", variant=None, vqvae2_optvq=VQVAE2OptVQConfig(
+            hidden_channels=16, res_channels=8, nb_res_layers=1, nb_levels=2, embed_dim=8, nb_entries=16,
+            scaling_rates=[2, 2], **kw))
+
+    return make
+
+
+def dalle(decay: float) -> Callable[[], ModelConfig]:
+    def make() -> ModelConfig:
+        return ModelConfig(family="dalle_vqvae", variant=None, dalle_vqvae=DalleVQVAEConfig(
+            n_init=8, vocab_size=16, decay=decay, channels=[32, 32, 64]))
+
+    return make
+
+
 # family -> {case id: (config factory, uses EMA codebooks, every parameter gets a non-zero gradient)}
 # (VQ-VAE-2's ReZero residual blocks start with alpha = 0, so their inner weights get exactly zero gradients)
 CASES: dict[str, dict[str, tuple[Callable[[], ModelConfig], bool, bool]]] = {
@@ -41,8 +59,16 @@ CASES: dict[str, dict[str, tuple[Callable[[], ModelConfig], bool, bool]]] = {
         "residual_VQ_per_level": (taming("VQModel", rvq_levels=3), False, True),
         "residual_VQ_shared": (taming("VQModel", rvq_levels=3, shared_codebook=True), False, True),
         "residual_EMA": (taming("EMAVQ", rvq_levels=2), True, True),
+        "residual_EMA_prefix": (taming("EMAVQ", rvq_levels=3, shared_codebook=True, rvq_loss="prefix"), True, True),
+        "residual_EMA_prefix_dropout": (taming("EMAVQ", rvq_levels=3, shared_codebook=True, rvq_loss="prefix",
+                                               quantize_dropout=1.0), True, True),
+        "PQEMAVQ": (taming("PQEMAVQ", num_subspaces=2), True, True),
     },
     "vqvae2": {"default": (vqvae2, True, False)},
+    "vqvae2_optvq": {"ce": (vqvae2_optvq(), False, False),
+                     "l2_argmax": (vqvae2_optvq(loss_q_type="l2", use_prob=False, use_proj=False), False, False)},
+    # the attention blocks' proj_out is frozen (the user's attention never applies it)
+    "dalle_vqvae": {"ema": (dalle(0.99), False, True), "gradient_codebook": (dalle(0.0), False, True)},
 }
 PARAMS = [pytest.param(fam, case, id=f"{fam}-{case}") for fam in registry.registered() for case in CASES.get(fam, {})]
 

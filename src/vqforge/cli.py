@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("source", metavar="RUN_DIR|CKPT")
     sp.add_argument("--out", required=True)
     sp.add_argument("--ema", action="store_true", help="export the weight-EMA copy instead of the raw weights")
+    sp.add_argument("--format", choices=("vqforge", "user"), default="vqforge",
+                    help="vqforge: config.json + model.safetensors; user: the previous system's model.pt + "
+                         "config.json (taming family, incl. its shared-codebook RVQ and PQ)")
 
     sp = sub.add_parser("convert", help="import a taming-transformers or previous-system checkpoint")
     sp.add_argument("ckpt", help="a taming .ckpt, or a .pth.tar / .pt of the previous system")

@@ -82,8 +82,15 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
         other = "EMAVQ" if qtype == "ema" else "GumbelVQ"
         flag(GUMBEL_FIELDS if qtype == "ema" else EMA_FIELDS + MAINTENANCE_FIELDS + (_Q + "beta", _Q + "legacy"),
              f"model.quantizer.type is {qtype!r} (as variant {other}), for which this setting does nothing")
-    if m.family == "taming":
-        flag_section("model.vqvae2", "model.family is taming; model.vqvae2 configures the VQ-VAE-2 family only")
+    for fam in ("vqvae2", "vqvae2_optvq", "dalle_vqvae"):
+        if m.family != fam:
+            flag_section(f"model.{fam}", f"model.family is {m.family}; model.{fam} configures the {fam} family only")
+    if m.family in ("vqvae2_optvq", "dalle_vqvae"):
+        reason = f"model.family is {m.family}; it is configured by model.{m.family} alone"
+        flag(["model.n_embed", "model.embed_dim"], reason)
+        flag_section("model.ddconfig", reason)
+        flag_section("model.quantizer", reason)
+    elif m.family == "taming":
         if qtype in TYPED_QUANTIZERS or typed_base:
             pass  # flagged above
         elif m.variant == "VQModel":
@@ -93,6 +100,9 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
             flag(GUMBEL_FIELDS, "model.variant is EMAVQ; Gumbel-softmax settings apply to GumbelVQ only")
             flag([_Q + "legacy"], "model.variant is EMAVQ; its codebook is updated by EMA, so there is no codebook "
                                   "term whose beta placement `legacy` could change")
+        elif m.variant == "PQEMAVQ":
+            flag(GUMBEL_FIELDS + MAINTENANCE_FIELDS + (_Q + "legacy",),
+                 "model.variant is PQEMAVQ: EMA codebooks per subspace, without Gumbel, legacy or maintenance settings")
         elif m.variant == "GumbelVQ":
             flag(EMA_FIELDS, "model.variant is GumbelVQ; only EMAVQ (and VQ-VAE-2) codebooks are updated by EMA")
             flag([_Q + "beta", _Q + "legacy"], "model.variant is GumbelVQ, which has no commitment loss")
@@ -111,6 +121,9 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
         flag([_Q + "kmeans_iters", _Q + "kmeans_batches"], "model.quantizer.kmeans_init is false")
     if q.rvq_levels == 1:
         flag([_Q + "shared_codebook"], "model.quantizer.rvq_levels is 1 (one codebook, nothing to share)")
+        flag([_Q + "rvq_loss", _Q + "quantize_dropout"], "model.quantizer.rvq_levels is 1 (no residual depths)")
+    if qtype != "product":
+        flag([_Q + "num_subspaces"], "num_subspaces applies to variant PQEMAVQ (product quantization) only")
 
     if tr.lr_schedule != "exponential":
         flag(["train.lr_decay", "train.lr_decay_every"],

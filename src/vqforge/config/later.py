@@ -57,6 +57,7 @@ def later_to_native(raw: dict) -> Mapped:
     map_taming_model(b, args, "model_args", variant_from_type="EMAVQ" if raw["model_type"] in ("EMAVQ", "emavq")
                      else None)
     _map_rvq(b, args)
+    _map_pq(b, args)
     for key in args:
         if key in ("ckpt_path", "learning_rate", "lr"):
             inert(b, f"model_args.{key}", "the later train.py builds the model from scratch and takes its learning "
@@ -96,7 +97,25 @@ def _map_rvq(b: NativeBuilder, args: dict) -> None:
         return
     b.put("model.quantizer.rvq_levels", levels, src)
     if isinstance(levels, int) and not isinstance(levels, bool) and levels > 1:
-        b.put("model.quantizer.shared_codebook", True, src)  # one shared EMA codebook for every depth
+        # the user's ResidualEMAVectorQuantizer: one shared EMA codebook for every depth, its prefix loss and its
+        # key names (quantize.embedding.*)
+        b.put("model.quantizer.shared_codebook", True, src)
+        b.put("model.quantizer.rvq_loss", "prefix", src)
+
+
+PQ_KEYS = {"pq_num_subspaces": "num_subspaces", "pq_decay": "decay", "pq_eps": "eps"}
+
+
+def _map_pq(b: NativeBuilder, args: dict) -> None:
+    """pq_num_subspaces / pq_decay / pq_eps: the product quantizer of variant PQEMAVQ."""
+    variant = b.get("model.variant")
+    for key, native in PQ_KEYS.items():
+        if key not in args:
+            continue
+        if variant == "PQEMAVQ":
+            b.put(f"model.quantizer.{native}", args[key], f"model_args.{key}")
+        else:
+            inert(b, f"model_args.{key}", f"model_variant is {variant}; product quantization applies to PQEMAVQ only")
 
 
 def _map_data(b: NativeBuilder, data: dict) -> None:

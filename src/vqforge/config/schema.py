@@ -12,8 +12,8 @@ from typing import Literal
 from ..errors import ConfigError
 from .parse import require
 
-Family = Literal["taming", "vqvae2"]
-Variant = Literal["VQModel", "EMAVQ", "GumbelVQ"]
+Family = Literal["taming", "vqvae2", "vqvae2_optvq", "dalle_vqvae"]
+Variant = Literal["VQModel", "EMAVQ", "GumbelVQ", "PQEMAVQ"]
 QuantizerType = Literal["vq", "ema", "gumbel", "residual", "product", "fsq", "simvq", "lfq"]
 
 # model_type aliases from the user's seed format -> family
@@ -29,17 +29,27 @@ FAMILY_ALIASES: dict[str, Family] = {
     "taming_vqmodel": "taming",
     "vqvae2": "vqvae2",
     "VQVAE2": "vqvae2",
+    # VQ-VAE-2 with optimal-transport (Sinkhorn) code assignment
+    "vqvae2_optvq": "vqvae2_optvq",
+    "vqvae2optvq": "vqvae2_optvq",
+    "VQVAE2_OptVQ": "vqvae2_optvq",
+    "Vqvae2OptVQ": "vqvae2_optvq",
+    "vqvaeoptvq": "vqvae2_optvq",
+    # the user's single-level VqVae (their `VqVae2` class: VQGAN-style encoder/decoder + EMA codebook)
+    "dalle_vqvae": "dalle_vqvae",
+    "VqVae": "dalle_vqvae",
+    "vq_vae": "dalle_vqvae",
+    "vqvae": "dalle_vqvae",
 }
-# model_type names of the user's previous registry whose family vqforge does not have yet -> (family, description).
-# When a family lands, its names move to FAMILY_ALIASES (and the family to `Family`); the seed readers raise a
-# ConfigError that says so plainly for the names still listed here.
-PENDING_FAMILY_ALIASES: dict[str, tuple[str, str]] = {
-    **{name: ("vqvae2_optvq", "VQ-VAE-2 with optimal-transport (Sinkhorn) code assignment")
-       for name in ("VQVAE2_OptVQ", "vqvae2_optvq", "Vqvae2OptVQ", "vqvae2optvq", "vqvaeoptvq")},
-    **{name: ("dalle_vqvae", "the DALL-E-style VQ-VAE (group_count, n_hid, n_blk_per_group, vocab_size, ...)")
-       for name in ("VqVae", "vq_vae", "vqvae")},
+# model_type names of the user's previous registry whose family vqforge does not have (none left: every family of
+# that registry is built); the seed readers raise a ConfigError that says so plainly for a name listed here.
+PENDING_FAMILY_ALIASES: dict[str, tuple[str, str]] = {}
+VARIANTS_BY_FAMILY: dict[str, tuple[str, ...]] = {
+    "taming": ("VQModel", "EMAVQ", "GumbelVQ", "PQEMAVQ"), "vqvae2": (), "vqvae2_optvq": (), "dalle_vqvae": (),
 }
-VARIANTS_BY_FAMILY: dict[str, tuple[str, ...]] = {"taming": ("VQModel", "EMAVQ", "GumbelVQ"), "vqvae2": ()}
+# families whose indices are one map per level (coarsest first) and whose architecture lives in model.vqvae2-like
+# sections with scaling_rates
+HIERARCHICAL_FAMILIES = ("vqvae2", "vqvae2_optvq")
 
 
 def _power_of_two(n: int) -> bool:
@@ -115,6 +125,15 @@ class QuantizerConfig:
     # residual VQ: depth D (1 = plain VQ), one codebook shared by all levels or one per level
     rvq_levels: int = 1
     shared_codebook: bool = False
+    # residual loss: per_level = Σ_d beta·mse(sg[q_d], r_(d-1)); prefix = beta·Σ_d mse(sg[q_1+…+q_d], z) (the user's
+    # RVQ-VQGAN; needs variant EMAVQ and shared_codebook: true, keys quantize.embedding.*)
+    rvq_loss: Literal["per_level", "prefix"] = "per_level"
+    # random-depth training: probability that a training step quantizes (and decodes) only a random prefix depth
+    # d ~ U{1..rvq_levels}; drawn from the step, so identical on all ranks and after a resume. 0 = off
+    quantize_dropout: float = 0.0
+    # product quantization (variant PQEMAVQ): embed_dim split into this many contiguous subspaces, one EMA codebook of
+    # n_embed codes each (decay/eps above); S·log2(n_embed) bits per position
+    num_subspaces: int = 4
     # codebook maintenance (VQModel, EMAVQ; off by default for taming equivalence)
     kmeans_init: bool = False
     kmeans_iters: int = 10
@@ -153,6 +172,9 @@ class QuantizerConfig:
                 "temperatures must be > 0", "use e.g. temperature_start 1.0 and temperature_end 0.0625")
         require(self.temperature_anneal_steps >= 0, f"{p}.temperature_anneal_steps", "must be >= 0", "use 0 for constant")
         require(self.rvq_levels >= 1, f"{p}.rvq_levels", f"must be >= 1, got {self.rvq_levels}", "use 1 for plain VQ")
+        require(0.0 <= self.quantize_dropout <= 1.0, f"{p}.quantize_dropout",
+                f"must be a probability in [0, 1], got {self.quantize_dropout}", "use e.g. 1.0 (every step) or 0 (off)")
+        require(self.num_subspaces >= 1, f"{p}.num_subspaces", f"must be >= 1, got {self.num_subspaces}", "use e.g. 4")
         require(self.kmeans_iters >= 1, f"{p}.kmeans_iters", "must be >= 1", "use e.g. 10")
         require(self.kmeans_batches >= 1, f"{p}.kmeans_batches", "must be >= 1", "use e.g. 1")
         require(self.restart_unused_steps >= 0, f"{p}.restart_unused_steps", "must be >= 0", "use 0 to disable")
@@ -195,12 +217,13 @@ class VQVAE2Config:
 
 
 # quantizer type each taming variant implies; VQModel (taming's base model) also takes any explicit type
-VARIANT_QUANTIZER: dict[str, str] = {"VQModel": "vq", "EMAVQ": "ema", "GumbelVQ": "gumbel"}
+VARIANT_QUANTIZER: dict[str, str] = {"VQModel": "vq", "EMAVQ": "ema", "GumbelVQ": "gumbel", "PQEMAVQ": "product"}
 # explicit model.quantizer.type values a variant accepts (its own, and residual stacks of its kind)
 VARIANT_ALLOWS: dict[str, tuple[str, ...]] = {
     "VQModel": ("vq", "ema", "gumbel", "residual", "product", "fsq", "simvq", "lfq"),
     "EMAVQ": ("ema", "residual"),
     "GumbelVQ": ("gumbel",),
+    "PQEMAVQ": ("product",),
 }
 # types whose indices are one (B, H, W) map, as every VQ-VAE-2 level needs
 VQVAE2_QUANTIZERS = ("vq", "ema", "gumbel", "fsq", "simvq", "lfq")
@@ -222,6 +245,11 @@ def resolve_quantizer(family: str, variant: str | None, q: "QuantizerConfig", n_
     """
     qp = f"{path}.quantizer"
     t = q.type
+    if family in ("vqvae2_optvq", "dalle_vqvae"):
+        # these families bring their own quantizer (Sinkhorn assignment / the user's EMA codebook)
+        require(t is None, f"{qp}.type", f"is {t!r}, but model.family {family} has its own quantizer",
+                f"remove model.quantizer.type, or use model.family: taming or vqvae2 for a {t!r} quantizer")
+        return QuantizerChoice("ema" if family == "dalle_vqvae" else "vq")
     if family == "vqvae2":
         t = t or "ema"
         require(t in VQVAE2_QUANTIZERS, f"{qp}.type",
@@ -251,8 +279,8 @@ def resolve_quantizer(family: str, variant: str | None, q: "QuantizerConfig", n_
         raise ConfigError(f"{qp}.rvq_levels", f"residual quantization is not available with quantizer type {t!r}",
                           "use type vq or ema (variant VQModel or EMAVQ) for residual VQ, or rvq_levels: 1")
     if t == "product":
-        raise ConfigError(f"{qp}.type", "'product' (product quantization) is not available in this build yet",
-                          "choose another quantizer type (vq, ema, gumbel, residual, fsq, simvq, lfq)")
+        require(q.rvq_levels == 1, f"{qp}.rvq_levels", "residual quantization is not available with product quantization",
+                "use rvq_levels: 1 (or variant EMAVQ for residual VQ)")
     if t == "lfq":
         size_key = f"{path}.vqvae2.nb_entries" if family == "vqvae2" else f"{path}.n_embed"
         require(n_codes >= 2 and n_codes & (n_codes - 1) == 0, size_key,
@@ -266,6 +294,73 @@ def resolve_quantizer(family: str, variant: str | None, q: "QuantizerConfig", n_
 
 
 @dataclass
+class VQVAE2OptVQConfig(VQVAE2Config):
+    """VQ-VAE-2 whose codes are assigned by a Sinkhorn optimal-transport solve (OptVQ, Zhang et al. 2024).
+
+    Architecture fields as VQVAE2Config, with this family's own defaults (3 levels, scaling_rates [8, 4, 2]). Each
+    level's quantizer: codebook `embedding` (K, embed_dim), optionally seen through a learned linear `proj`; in
+    training the batch's distance matrix is normalised and turned into a balanced soft assignment by Sinkhorn
+    iterations, from which each code is sampled (use_prob) or taken as the argmax; in eval mode the nearest code.
+    """
+
+    nb_levels: int = 3
+    scaling_rates: list[int] = field(default_factory=lambda: [8, 4, 2])
+    epsilon: float = 10.0  # Sinkhorn inverse temperature: assignment weights exp(−epsilon · normalised distance)
+    n_iters: int = 5  # Sinkhorn row/column normalisation rounds
+    normalize_mode: Literal["all", "dim", "null"] = "all"  # distances: standardise+shift / divide by sqrt(dim) / raw
+    use_prob: bool = True  # training: sample each code from the transport plan (false: its argmax)
+    beta: float = 1.0  # weight of the codebook term for loss_q_type l2/l1 (unused by ce)
+    loss_q_type: Literal["ce", "l2", "l1"] = "ce"  # ce: cross-entropy of −distances at the chosen codes
+    use_proj: bool = True  # codebook = proj(embedding.weight), a learned linear map
+
+    def check(self, path: str) -> None:
+        p = path or "vqvae2_optvq"
+        require(len(self.scaling_rates) == self.nb_levels, f"{p}.scaling_rates",
+                f"has {len(self.scaling_rates)} entries {self.scaling_rates} but nb_levels is {self.nb_levels} "
+                "(this family's default is 3 levels with scaling_rates [8, 4, 2])",
+                f"set nb_levels to {len(self.scaling_rates)}, or give {self.nb_levels} scaling rates (coarsest last)")
+        super().check(p)
+        require(self.epsilon > 0, f"{p}.epsilon", f"must be > 0, got {self.epsilon}", "use e.g. 10.0")
+        require(self.n_iters >= 0, f"{p}.n_iters", f"must be >= 0, got {self.n_iters}", "use e.g. 5")
+        require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}", "use e.g. 1.0")
+
+
+@dataclass
+class DalleVQVAEConfig:
+    """The user's single-level `VqVae` (model_type VqVae / vq_vae / vqvae): a VQGAN-style encoder and decoder
+    (GroupNorm-Swish residual blocks, attention at the deepest level) around one EMA codebook.
+
+    Encoder widths `channels` (the user's model: [128, 128, 128, 256, 256, 512], downsampling 2^(len-2) = 16);
+    the decoder mirrors them (channels[1:] reversed).
+    """
+
+    input_channels: int = 3
+    n_init: int = 128  # code dimension (encoder output channels)
+    vocab_size: int = 8192  # codebook size K
+    commitment_cost: float = 0.25
+    decay: float = 0.99  # EMA codebook decay; 0 = codebook trained by gradients (codebook + commitment loss)
+    channels: list[int] = field(default_factory=lambda: [128, 128, 128, 256, 256, 512])
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channels) - 2)
+
+    def check(self, path: str) -> None:
+        p = path or "dalle_vqvae"
+        require(self.input_channels >= 1, f"{p}.input_channels", "must be >= 1", "use 3 for RGB")
+        require(self.n_init >= 1, f"{p}.n_init", f"must be >= 1, got {self.n_init}", "use e.g. 128")
+        require(self.vocab_size >= 2, f"{p}.vocab_size", f"must be >= 2, got {self.vocab_size}", "use e.g. 8192")
+        require(self.commitment_cost >= 0, f"{p}.commitment_cost", "must be >= 0", "use e.g. 0.25")
+        require(0.0 <= self.decay < 1.0, f"{p}.decay", f"must be in [0, 1), got {self.decay}",
+                "use e.g. 0.99 (EMA codebook) or 0 (gradient-trained codebook)")
+        require(len(self.channels) >= 2, f"{p}.channels", f"needs at least 2 widths, got {self.channels}",
+                "use e.g. [128, 128, 128, 256, 256, 512]")
+        bad = [c for c in self.channels if c <= 0 or c % 32]
+        require(not bad, f"{p}.channels", f"widths {bad} are not positive multiples of 32 (the GroupNorm group count)",
+                "use widths such as 64, 128, 256")
+
+
+@dataclass
 class ModelConfig:
     family: Family = "taming"  # taming (VQGAN family) or vqvae2; seed model_type aliases map here
     variant: Variant | None = "VQModel"  # taming family only
@@ -274,25 +369,43 @@ class ModelConfig:
     ddconfig: DDConfig = field(default_factory=DDConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     vqvae2: VQVAE2Config = field(default_factory=VQVAE2Config)
+    vqvae2_optvq: VQVAE2OptVQConfig = field(default_factory=VQVAE2OptVQConfig)
+    dalle_vqvae: DalleVQVAEConfig = field(default_factory=DalleVQVAEConfig)
     init_from: str | None = None  # weights to start from: an exported dir, a vqforge checkpoint or a taming .ckpt
+
+    @property
+    def arch(self) -> VQVAE2Config:
+        """The architecture section of a hierarchical family (model.vqvae2 or model.vqvae2_optvq)."""
+        return self.vqvae2_optvq if self.family == "vqvae2_optvq" else self.vqvae2
 
     def check(self, path: str) -> None:
         p = path or "model"
         require(self.n_embed >= 2, f"{p}.n_embed", f"must be >= 2, got {self.n_embed}", "use a codebook size such as 1024")
         require(self.embed_dim >= 1, f"{p}.embed_dim", f"must be >= 1, got {self.embed_dim}", "use e.g. 256")
         allowed = VARIANTS_BY_FAMILY[self.family]
-        if self.family == "vqvae2" and self.variant is not None:
+        if self.family != "taming" and self.variant is not None:
             raise ConfigError(
                 f"{p}.variant",
-                f"{self.variant!r} is a taming-family variant, but the model family is 'vqvae2'",
+                f"{self.variant!r} is a taming-family variant, but the model family is {self.family!r}",
                 "for a taming VQGAN set model_type to 'TamingVQGAN' (native: model.family: taming); "
                 "for VQ-VAE-2 remove model_variant",
             )
         if self.family == "taming":
             require(self.variant in allowed, f"{p}.variant", f"{self.variant!r} is not a taming variant",
                     f"use one of {list(allowed)}")
-            require(not (self.variant == "GumbelVQ" and self.quantizer.rvq_levels > 1), f"{p}.quantizer.rvq_levels",
-                    "residual quantization is not available with GumbelVQ", "use variant VQModel or EMAVQ, or rvq_levels: 1")
+            require(not (self.variant in ("GumbelVQ", "PQEMAVQ") and self.quantizer.rvq_levels > 1),
+                    f"{p}.quantizer.rvq_levels", f"residual quantization is not available with {self.variant}",
+                    "use variant VQModel or EMAVQ, or rvq_levels: 1")
+            q = self.quantizer
+            if q.rvq_levels > 1 and q.rvq_loss == "prefix":
+                require(self.variant == "EMAVQ" and q.shared_codebook, f"{p}.quantizer.rvq_loss",
+                        "the prefix loss is the shared-EMA-codebook residual quantizer's (variant EMAVQ, "
+                        "shared_codebook: true)", "set variant: EMAVQ and quantizer.shared_codebook: true, "
+                        "or rvq_loss: per_level")
+            if self.variant == "PQEMAVQ":
+                require(self.embed_dim % q.num_subspaces == 0, f"{p}.quantizer.num_subspaces",
+                        f"embed_dim {self.embed_dim} is not divisible into {q.num_subspaces} subspaces",
+                        "choose num_subspaces dividing embed_dim (e.g. 4, 8, 64 for 256)")
         n_codes = self.vqvae2.nb_entries if self.family == "vqvae2" else self.n_embed
         resolve_quantizer(self.family, self.variant, self.quantizer, n_codes, p)
 
@@ -468,20 +581,22 @@ class Config:
     _format: str = field(default="native", repr=False, compare=False)
 
     def check(self, path: str = "") -> None:
-        if self.model.family == "vqvae2":
-            total = self.model.vqvae2.total_downsample
+        if self.model.family in HIERARCHICAL_FAMILIES:
+            total = self.model.arch.total_downsample
             require(self.data.resolution % total == 0, "data.resolution",
                     f"{self.data.resolution} cannot be divided by the product of scaling_rates ({total})",
                     f"use a resolution that is a multiple of {total}, or smaller scaling_rates")
         else:
-            f = self.model.ddconfig.downsample_factor
+            f = (self.model.dalle_vqvae.downsample_factor if self.model.family == "dalle_vqvae"
+                 else self.model.ddconfig.downsample_factor)
             require(self.data.resolution % f == 0, "data.resolution",
                     f"{self.data.resolution} is not divisible by the model's downsampling factor {f}",
                     f"use a crop resolution that is a multiple of {f}")
-        out_ch = self.model.ddconfig.out_ch if self.model.family == "taming" else self.model.vqvae2.in_channels
+        out_ch = {"taming": self.model.ddconfig.out_ch, "dalle_vqvae": self.model.dalle_vqvae.input_channels}.get(
+            self.model.family, self.model.arch.in_channels if self.model.family in HIERARCHICAL_FAMILIES else 3)
         require(self.loss.disc_in_channels == out_ch or not self.loss.use_gan, "loss.disc_in_channels",
                 f"is {self.loss.disc_in_channels} but the model outputs {out_ch} channels",
                 "set loss.disc_in_channels to the model's output channels")
-        require(self.model.family != "vqvae2" or self.model.quantizer.rvq_levels == 1, "model.quantizer.rvq_levels",
+        require(self.model.family == "taming" or self.model.quantizer.rvq_levels == 1, "model.quantizer.rvq_levels",
                 "residual quantization is a taming-family option; VQ-VAE-2 has one codebook per level",
                 "remove rvq_levels, or use model.family: taming")

@@ -25,6 +25,7 @@ from .mapping import Mapped, NativeBuilder, check_keys, reachable_attention, sec
 from .parse import closest
 from .schema import FAMILY_ALIASES, PENDING_FAMILY_ALIASES, VARIANTS_BY_FAMILY
 from .taming import map_lossconfig
+from .user_models import apply_user_model_args, map_user_model_args
 
 PREVIOUS = "the previous system ignored it too"
 
@@ -33,8 +34,9 @@ TOP_KEYS = ("model_type", "model_args", "train_args", "data_args", "use_images",
 INERT_TOP = {"time": "a label the previous system put into run names only"}
 
 TAMING_VARIANTS = VARIANTS_BY_FAMILY["taming"]
-# variants of the user's later versions whose vqforge support is not there yet
-PENDING_VARIANTS = {"PQEMAVQ": "the product-quantizer EMA VQGAN (pq_num_subspaces, pq_decay, pq_eps)"}
+# variants of the user's later versions whose vqforge support is not there (none left)
+PENDING_VARIANTS: dict[str, str] = {}
+FAMILY_NAMES = {"vqvae2": "VQ-VAE-2", "vqvae2_optvq": "VQ-VAE-2 OptVQ", "dalle_vqvae": "VqVae"}
 
 # VQ-VAE-2 parameters (vvvm23/vqvae-2 names) and the user's older names for them
 VQVAE2_PARAMS = ("in_channels", "hidden_channels", "res_channels", "nb_res_layers", "nb_levels", "embed_dim",
@@ -339,9 +341,29 @@ def _map_vqvae2_args(b: NativeBuilder, raw: dict, args: dict) -> None:
     inert_model_args(b, args, VQVAE2_MODEL_ARGS, "the VQ-VAE-2 family (model_type vqvae2)", "model_args")
 
 
+def _map_user_family_args(b: NativeBuilder, raw: dict, args: dict) -> None:
+    """The OptVQ VQ-VAE-2 and the VqVae: their model_args are mapped by user_models.py."""
+    family = b.get("model.family")
+    mt, mv = raw["model_type"], args.get("model_variant")
+    if mv is not None:
+        raise ConfigError("model_args.model_variant", f"{mv!r}: model_type {mt!r} ({FAMILY_NAMES[family]}) has no "
+                          "variants", 'remove model_variant, or set "model_type": "TamingVQGAN" for a taming variant')
+    b.default("model.variant", None)
+    apply_user_model_args(b, map_user_model_args(family, args, "model_args"))
+    if "scaling_rates" in raw:
+        if family == "dalle_vqvae":
+            inert(b, "scaling_rates", "the VqVae model has one level and takes no scaling rates")
+        elif "scaling_rates" in args:
+            ignored(b, "scaling_rates", raw["scaling_rates"], f"model_args.scaling_rates = {args['scaling_rates']!r} "
+                    "wins", "only without model_args.scaling_rates")
+        else:
+            b.put("model.vqvae2_optvq.scaling_rates", raw["scaling_rates"], "scaling_rates")
+
+
 # family -> the mapping of its model_args (a family added to FAMILY_ALIASES adds its mapper here; every family but
 # taming takes train_args.lr / disc_* / pixel_loss_factor / perceptual_loss_factor, see _map_train_args)
-MODEL_ARGS_MAPPERS = {"taming": _map_taming_args, "vqvae2": _map_vqvae2_args}
+MODEL_ARGS_MAPPERS = {"taming": _map_taming_args, "vqvae2": _map_vqvae2_args, "vqvae2_optvq": _map_user_family_args,
+                      "dalle_vqvae": _map_user_family_args}
 
 
 def _map_train_args(b: NativeBuilder, args: dict, model_args: dict, family: str, stem: str | None) -> None:

@@ -38,7 +38,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..config.parse import to_dict
-from ..config.schema import Config
+from ..config.schema import HIERARCHICAL_FAMILIES, Config
 from ..errors import CheckpointError, ConfigError, DataError
 from .codebook import index_layout, split_levels
 from .evaluator import EvalResult, codebook_sizes, evaluate
@@ -77,7 +77,8 @@ def crop_sizes(resolution: int | None, cfg: Config) -> tuple[int, int]:
 
 
 def _check_resolution(size: int, cfg: Config) -> None:
-    f = (cfg.model.vqvae2.total_downsample if cfg.model.family == "vqvae2"
+    f = (cfg.model.arch.total_downsample if cfg.model.family in HIERARCHICAL_FAMILIES
+         else cfg.model.dalle_vqvae.downsample_factor if cfg.model.family == "dalle_vqvae"
          else cfg.model.ddconfig.downsample_factor)
     if size % f:
         raise ConfigError("--resolution", f"{size} is not divisible by the model's downsampling factor {f}",
@@ -88,11 +89,15 @@ def architecture_hash(cfg: Config) -> str:
     """sha256 of the config fields that decide what an index means (architecture and codebook layout)."""
     m = cfg.model
     fields = {"family": m.family, "variant": m.variant}
-    if m.family == "vqvae2":
-        fields["vqvae2"] = to_dict(m.vqvae2)
+    if m.family in HIERARCHICAL_FAMILIES:
+        fields[m.family] = to_dict(m.arch)
+    elif m.family == "dalle_vqvae":
+        fields["dalle_vqvae"] = to_dict(m.dalle_vqvae)
     else:
         fields.update(n_embed=m.n_embed, embed_dim=m.embed_dim, ddconfig=to_dict(m.ddconfig),
                       rvq_levels=m.quantizer.rvq_levels, shared_codebook=m.quantizer.shared_codebook)
+        if m.variant == "PQEMAVQ":
+            fields["num_subspaces"] = m.quantizer.num_subspaces
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -420,7 +425,7 @@ def encode_main(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".safetensors", ".npy"):
         raise ConfigError("--out", f"unknown indices file type {out.suffix or '(none)'!r}",
                           "end the file name with .safetensors or .npy")
-    if out.suffix.lower() == ".npy" and cfg.model.family == "vqvae2":
+    if out.suffix.lower() == ".npy" and cfg.model.family in HIERARCHICAL_FAMILIES:
         raise ConfigError("--out", "this model is hierarchical: its index maps have different sizes per level "
                           "and do not fit one .npy array", "write a .safetensors file instead")
     files = resolve_sources(list(args.inputs), "INPUT")
@@ -430,7 +435,9 @@ def encode_main(args: argparse.Namespace) -> int:
     levels = split_levels(indices)
     ks = codebook_sizes(model)
     layout = index_layout(indices)
-    in_ch = cfg.model.vqvae2.in_channels if cfg.model.family == "vqvae2" else cfg.model.ddconfig.in_channels
+    in_ch = (cfg.model.arch.in_channels if cfg.model.family in HIERARCHICAL_FAMILIES
+             else cfg.model.dalle_vqvae.input_channels if cfg.model.family == "dalle_vqvae"
+             else cfg.model.ddconfig.in_channels)
     meta = {
         "format": INDICES_FORMAT, "version": INDICES_VERSION,
         "model": model_identity(model, cfg, str(args.model)),

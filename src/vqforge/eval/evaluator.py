@@ -17,6 +17,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..errors import DataError
+from ..config.schema import HIERARCHICAL_FAMILIES
 from .codebook import (CodebookUsage, LevelStats, bits_per_pixel, bits_per_pixel_by_depth, index_layout,
                        tokens_per_image)
 from .fid import FeatureStats, fid_from_stats
@@ -117,14 +118,16 @@ class EvalResult:
 def codebook_sizes(model: nn.Module) -> list[int]:
     """Codebook size K of every index level the model emits (residual depths or hierarchy levels)."""
     cfg = getattr(model, "config", None)
-    if cfg is not None and getattr(cfg, "family", None) == "vqvae2":
-        return [int(getattr(model, "nb_entries", cfg.vqvae2.nb_entries))] * cfg.vqvae2.nb_levels
+    if cfg is not None and getattr(cfg, "family", None) in HIERARCHICAL_FAMILIES:
+        return [int(getattr(model, "nb_entries", cfg.arch.nb_entries))] * cfg.arch.nb_levels
     k = getattr(model, "num_codes", None)
     if k is None and cfg is not None:
         k = cfg.n_embed
     if k is None:
         raise ValueError("cannot tell the model's codebook size: give it a `num_codes` attribute or a `config`")
-    depth = int(getattr(model, "depth", None) or (cfg.quantizer.rvq_levels if cfg is not None else 1))
+    # index maps per position: residual depths, or product-quantization subspaces (`index_levels`)
+    depth = int(getattr(model, "index_levels", None) or getattr(model, "depth", None)
+                or (cfg.quantizer.rvq_levels if cfg is not None else 1))
     return [int(k)] * depth
 
 
@@ -240,7 +243,8 @@ def evaluate(
                     fake_stats = FeatureStats.empty(fr.shape[-1], device)
                 real_stats.update(fr)
                 fake_stats.update(ff)
-            if depth_curve and layout == "residual" and idx.shape[1] > 1:
+            # prefixes of residual depths only (a product quantizer's subspaces are not a coarse-to-fine order)
+            if depth_curve and layout == "residual" and idx.shape[1] > 1 and getattr(model, "depth", 2) > 1:
                 d_total = idx.shape[1]
                 if not depth_sums:
                     depth_sums = [[0.0, 0.0, 0.0] for _ in range(d_total)]

@@ -33,8 +33,8 @@ def check_taming_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.variant", f"{cfg.variant!r} is not a taming-family variant", f"use one of {list(variants)}")
     dd = cfg.ddconfig
     dd.check("model.ddconfig")
-    if cfg.variant == "GumbelVQ" and cfg.quantizer.rvq_levels > 1:
-        raise ConfigError("model.quantizer.rvq_levels", "residual quantization is not available with GumbelVQ",
+    if cfg.variant in ("GumbelVQ", "PQEMAVQ") and cfg.quantizer.rvq_levels > 1:
+        raise ConfigError("model.quantizer.rvq_levels", f"residual quantization is not available with {cfg.variant}",
                           "use variant VQModel or EMAVQ, or rvq_levels: 1")
     cfg.quantizer_choice()  # model.quantizer.type against the variant
 
@@ -43,7 +43,8 @@ class TamingVQGAN(nn.Module):
     """VQGAN tokenizer: images in [-1, 1] -> code indices -> images.
 
     Variants: "VQModel" (codebook learned by gradients), "EMAVQ" (codebook learned by exponential moving averages;
-    its tensors have requires_grad=False), "GumbelVQ" (Gumbel-softmax over a 1x1 projection to n_embed logits).
+    its tensors have requires_grad=False), "GumbelVQ" (Gumbel-softmax over a 1x1 projection to n_embed logits),
+    "PQEMAVQ" (product quantization: quantizer.num_subspaces EMA codebooks, indices (B, S, h, w)).
     With `quantizer.rvq_levels > 1`, VQModel/EMAVQ quantize residually and indices have a depth axis.
     """
 
@@ -81,6 +82,11 @@ class TamingVQGAN(nn.Module):
     def depth(self) -> int:
         """Number of residual levels D (1 for plain quantizers)."""
         return self.quantize.depth
+
+    @property
+    def index_levels(self) -> int:
+        """Index maps per position: residual depth D, or S for a product quantizer (indices (B, S, h, w))."""
+        return getattr(self.quantize, "num_subspaces", self.quantize.depth)
 
     @property
     def downsample_factor(self) -> int:

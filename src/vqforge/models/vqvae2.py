@@ -189,13 +189,14 @@ class VQVAE2(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        c = config.vqvae2
+        c = config.arch  # model.vqvae2 (or model.vqvae2_optvq for the optimal-transport family)
         # VQVAE2Config.check covers the rest; these two would otherwise fail deep inside a conv constructor
+        section = f"model.{config.family}" if config.family == "vqvae2_optvq" else "model.vqvae2"
         if len(c.scaling_rates) != c.nb_levels:
-            raise ConfigError("model.vqvae2.scaling_rates", f"has {len(c.scaling_rates)} entries but nb_levels is "
+            raise ConfigError(f"{section}.scaling_rates", f"has {len(c.scaling_rates)} entries but nb_levels is "
                               f"{c.nb_levels}", "give one scaling rate per level, or change nb_levels")
         if c.hidden_channels < 2:
-            raise ConfigError("model.vqvae2.hidden_channels", f"must be >= 2, got {c.hidden_channels} (the first "
+            raise ConfigError(f"{section}.hidden_channels", f"must be >= 2, got {c.hidden_channels} (the first "
                               "strided conv has hidden_channels // 2 channels)", "use e.g. 128")
         self.nb_levels = c.nb_levels
         self.scaling_rates = list(c.scaling_rates)
@@ -210,7 +211,7 @@ class VQVAE2(nn.Module):
         )
         # codebooks[l] sees its encoder features, concatenated (below the top) with the decoding of level l+1
         self.codebooks = nn.ModuleList(
-            CodeLayer(hid + (d if lvl < n - 1 else 0), d, c.nb_entries, config.quantizer) for lvl in range(n)
+            self._code_layer(hid + (d if lvl < n - 1 else 0), d, c.nb_entries) for lvl in range(n)
         )
         self.nb_entries = self.codebooks[0].quantizer.num_codes  # K: nb_entries, or the FSQ grid size
         # decoders[l] takes level l's code plus the codes of the n-1-l coarser levels, up by scaling_rates[l],
@@ -224,6 +225,23 @@ class VQVAE2(nn.Module):
         self.upscalers = nn.ModuleList(
             Upscaler(d, self.scaling_rates[1 : n - j][::-1]) for j in range(n - 1)
         )
+
+    def _code_layer(self, in_channels: int, embed_dim: int, nb_entries: int) -> nn.Module:
+        """One level's 1x1 conv + quantizer (`conv_in`, `quantizer`); the OptVQ family swaps the quantizer."""
+        return CodeLayer(in_channels, embed_dim, nb_entries, self.config.quantizer)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # The user's VQ-VAE-2 classes also register encoders[0], decoders[0] and the codebook list under the names
+        # `encoder`, `decoder` and `vq_vae`, so their checkpoints hold every such tensor twice. Accept those copies
+        # only when they equal the canonical tensor; anything else stays and fails strict loading.
+        for alias, canonical in (("encoder.", "encoders.0."), ("decoder.", "decoders.0."), ("vq_vae.", "codebooks.")):
+            for key in [k for k in state_dict if k.startswith(prefix + alias)]:
+                twin = prefix + canonical + key[len(prefix + alias):]
+                if twin in state_dict and torch.equal(state_dict[twin], state_dict[key]):
+                    del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # ---- public API -------------------------------------------------------------------------------------------
 

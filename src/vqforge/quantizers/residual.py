@@ -13,6 +13,8 @@ Choices:
 - Codebook maintenance with a shared codebook runs once per step: k-means on the level-1 inputs (z), dead-code
   restarts from the usage of all levels together, with new codes drawn from all levels' inputs. With per-level
   codebooks each level maintains itself on its own inputs.
+- Random-depth training (`quantize_dropout`, depth.py): a training forward may quantize only a prefix of the levels;
+  indices then have that many levels.
 - Overall stats use the histogram of all levels' codes over all codebook entries (K shared, D·K per level).
 """
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from .base import Quantizer, QuantizerOutput
+from .depth import random_prefix_depth
 from .ema import EMAVectorQuantizer
 from .maintenance import MaintenanceConfig, code_sums
 from .vq import (
@@ -53,6 +56,7 @@ class ResidualVectorQuantizer(Quantizer):
         decay: float = 0.99,
         eps: float = 1e-5,
         maintenance: MaintenanceConfig | None = None,
+        quantize_dropout: float = 0.0,
     ):
         super().__init__()
         if levels < 1:
@@ -64,6 +68,10 @@ class ResidualVectorQuantizer(Quantizer):
         self.embed_dim = embed_dim
         self.kind = kind
         self.shared_codebook = shared_codebook
+        # random-depth training (depth.py): probability that a training forward quantizes only a random prefix
+        self.quantize_dropout = quantize_dropout
+        self._step = 0
+        self._draws = 0
 
         def make() -> CodebookQuantizer:
             if kind == "vq":
@@ -84,6 +92,10 @@ class ResidualVectorQuantizer(Quantizer):
         if c != self.embed_dim:
             raise ValueError(f"ResidualVectorQuantizer expects {self.embed_dim} channels, got {tuple(z.shape)}")
         per_level = not self.shared_codebook  # a shared codebook is updated/maintained once, after all levels
+        depth = self.depth
+        if self.training:
+            self._draws += 1
+            depth = random_prefix_depth(self._step, self._draws - 1, self.depth, self.quantize_dropout)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z_flat = flatten_channels_last(z).float()  # (N, C)
             if self.shared_codebook:
@@ -92,7 +104,7 @@ class ResidualVectorQuantizer(Quantizer):
             total = torch.zeros_like(z_flat)
             inputs, indices, counts = [], [], []
             loss = z_flat.new_zeros(())
-            for i in range(self.depth):
+            for i in range(depth):
                 out = self.level(i).quantize_flat(residual, update=per_level, maintain=per_level)
                 inputs.append(residual)
                 indices.append(out.indices)
@@ -134,6 +146,8 @@ class ResidualVectorQuantizer(Quantizer):
         return unflatten_channels_last(total, b, h, w)
 
     def set_step(self, step: int) -> None:
+        self._step = int(step)
+        self._draws = 0
         for i in range(self.depth):
             self.level(i).set_step(step)
 

@@ -72,6 +72,13 @@ def export_main(args) -> int:
     from ..models.pretrained import load_any, save_pretrained
 
     model, cfg = load_any(args.source, ema=args.ema)
+    if getattr(args, "format", "vqforge") == "user":
+        from ..models.user_export import save_user_checkpoint
+
+        pt = save_user_checkpoint(model, cfg, Path(args.out))
+        print(f"exported to {pt} (the previous system's layout: ckpt['model'], user key names) and "
+              f"{Path(args.out) / 'config.json'}")
+        return 0
     save_pretrained(model, cfg, Path(args.out))
     print(f"exported to {args.out} (config.json + model.safetensors)")
     return 0

@@ -1,0 +1,131 @@
+"""Residual VQ with ONE shared EMA codebook and a prefix loss — the layout of the user's RVQ-VQGAN checkpoints.
+
+For depth D and input z (one vector per position):
+
+    r_0 = z;  k_d = argmin_k ||r_{d-1} − e_k||;  q_d = e_{k_d};  r_d = r_{d-1} − q_d;  prefix_d = q_1 + … + q_d
+    quantized = prefix_D (straight-through to z);  indices (B, D, H, W)
+    loss = beta · Σ_d mse(sg[prefix_d], z)          (every prefix is pulled towards z, not each level to its residual)
+
+The codebook is updated once per forward from the assignments of every depth pooled together:
+cluster_size ← decay·cluster_size + (1−decay)·Σ_d counts_d, embed_avg ← decay·embed_avg + (1−decay)·Σ_d onehot_dᵀ r_{d−1},
+weight = embed_avg / Laplace-smoothed cluster_size; all depths assign with the codebook as it was at the start of the
+step. The pooled statistics are summed over DDP ranks first (the user's system did not, so its ranks drifted apart).
+
+State dict: `embedding.weight` (K, C), `embedding.cluster_size` (K,), `embedding.embed_avg` (K, C) — the names of the
+user's `ResidualEMAVectorQuantizer`, so a checkpoint of theirs loads strictly and `vqforge export --format user`
+writes one back. (vqforge's `ResidualVectorQuantizer` with `shared_codebook: true` differs: per-level loss
+Σ_d beta·mse(sg[q_d], r_{d−1}) and keys under `shared.`.)
+
+vqforge options on top (all off by default, so the default is the user's algorithm exactly):
+- codebook maintenance (`kmeans_init`, `restart_unused_steps`): k-means on z before the first steps; dead-code
+  restarts from the usage of all depths, new codes drawn from all depths' residuals. Adds `maintenance.*` keys.
+- random-depth training (`quantize_dropout` = p): with probability p a training forward quantizes only a prefix of
+  depth d ~ U{1..D} (the decoder then learns to decode every prefix, so one model serves D bit rates). The draw is a
+  function of (global step, forward count within the step) only — the same on every DDP rank, and reproduced exactly
+  after a resume because the step is part of the training state. Eval always uses the full depth.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import QuantizerOutput
+from .depth import random_prefix_depth
+from .ema import EMAVectorQuantizer
+from .maintenance import MaintenanceConfig, code_counts, code_sums, nearest_code
+from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
+
+class ResidualEMAVectorQuantizer(EMAVectorQuantizer):
+    """D-depth residual VQ over one shared EMA codebook; the user's RVQ-VQGAN quantizer plus vqforge options."""
+
+    def __init__(
+        self,
+        levels: int,
+        n_embed: int,
+        embed_dim: int,
+        beta: float = 0.25,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        maintenance: MaintenanceConfig | None = None,
+        quantize_dropout: float = 0.0,
+    ):
+        super().__init__(n_embed, embed_dim, beta=beta, decay=decay, eps=eps, maintenance=maintenance)
+        if levels < 1:
+            raise ValueError(f"ResidualEMAVectorQuantizer needs levels >= 1, got {levels}")
+        if not 0.0 <= quantize_dropout <= 1.0:
+            raise ValueError(f"quantize_dropout is a probability in [0, 1], got {quantize_dropout}")
+        self.depth = levels
+        self.quantize_dropout = quantize_dropout
+        self._step = 0
+        self._draws = 0  # training forwards since the last set_step (gradient accumulation)
+
+    def set_step(self, step: int) -> None:
+        self._step = int(step)
+        self._draws = 0
+
+    def training_depth(self) -> int:
+        """Depth this forward quantizes: D, or with quantize dropout a random prefix depth (see depth.py)."""
+        if not self.training:
+            return self.depth
+        self._draws += 1
+        return random_prefix_depth(self._step, self._draws - 1, self.depth, self.quantize_dropout)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z (B, C, H, W) -> quantized prefix sum (B, C, H, W) in z's dtype, indices (B, D', H, W), loss, stats.
+
+        D' = depth, except in training with quantize dropout (then the drawn prefix depth)."""
+        b, c, h, w = z.shape
+        if c != self.embed_dim:
+            raise ValueError(f"ResidualEMAVectorQuantizer expects {self.embed_dim} channels, got {tuple(z.shape)}")
+        depth = self.training_depth()
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z_flat = flatten_channels_last(z).float()  # (N, C)
+            self.maintain_before(z_flat)
+            residual = z_flat
+            prefix = torch.zeros_like(z_flat)
+            inputs, indices, counts = [], [], []
+            loss = z_flat.new_zeros(())
+            for _ in range(depth):
+                idx = nearest_code(residual, self.codebook)  # (N,), against the codebook at the start of the step
+                codes = self.lookup(idx).detach()  # (N, C)
+                prefix = prefix + codes  # same summation order as codes_from_indices
+                loss = loss + torch.mean((prefix - z_flat) ** 2)  # mse(sg[prefix_d], z)
+                inputs.append(residual)
+                indices.append(idx)
+                counts.append(code_counts(idx, self.num_codes))
+                residual = residual - codes
+            loss = self.beta * loss
+            total_counts = torch.stack(counts).sum(0)  # (K,) pooled over depths
+            if self.training:
+                sums = code_sums(torch.cat(indices), torch.cat(inputs), self.num_codes)  # (K, C)
+                self.ema_update(total_counts, sums)
+            self.maintain_after(total_counts, torch.cat(inputs))
+            quantized = straight_through(prefix, z_flat)
+        quantized = unflatten_channels_last(quantized, b, h, w).to(z.dtype)
+        idx_map = torch.stack([i.view(b, h, w) for i in indices], dim=1)  # (B, D', H, W)
+        stats: dict[str, torch.Tensor] = {}
+        for d, cnt in enumerate(counts):
+            stats.update(code_stats(cnt, prefix=f"l{d}/"))
+        stats.update(code_stats(total_counts))
+        stats["depth"] = torch.tensor(float(depth))
+        return QuantizerOutput(quantized, idx_map, loss, stats)
+
+    def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, D', H, W) with 1 <= D' <= depth (or (B, H, W) for D' = 1) -> Σ of those depths' codes (B, C, H, W).
+
+        Sums in depth order from zero, as the forward does, so an eval forward's output equals the decode of its
+        indices bit for bit."""
+        if indices.dim() == 3:
+            indices = indices[:, None]
+        if indices.dim() != 4 or not 1 <= indices.shape[1] <= self.depth:
+            raise ValueError(f"expected indices (B, D', H, W) with 1 <= D' <= {self.depth}, got {tuple(indices.shape)}")
+        b, d, h, w = indices.shape
+        total = None
+        for i in range(d):
+            codes = self.lookup(indices[:, i].reshape(-1))  # (N, C)
+            total = torch.zeros_like(codes) + codes if total is None else total + codes
+        return unflatten_channels_last(total, b, h, w)
+
+    def extra_repr(self) -> str:
+        return (f"depth={self.depth}, n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}, "
+                f"quantize_dropout={self.quantize_dropout}")
