@@ -7,7 +7,7 @@ d ~ U{1..D}). Each is trained with `vqforge train` on the bundled sample photos 
 then `vqforge eval` decodes every depth prefix 1..D of the two held-out photos (coffee, chelsea; never seen in
 training), center-cropped to --eval-resolution.
 
-    PYTHONPATH=src python bench/rvq_depth_dropout.py [--steps 300] [--out bench/results/rvq_depth_dropout.json]
+    PYTHONPATH=src python bench/rvq_depth_dropout.py [--steps 400] [--out bench/results/rvq_depth_dropout.json]
 
 CPU-sized (f4 VQGAN, ch 32, D 4, K 64, 32x32 crops): a few minutes on 2 cores.
 """
@@ -57,7 +57,7 @@ def write_held_out(dir_: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--eval-resolution", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="bench/results/rvq_depth_dropout.json")
