@@ -137,3 +137,15 @@ def test_rd_end_to_end(tmp_path):
     assert json.loads(written[0].read_text())["clips"][0]["name"] == "pan_chelsea"
     assert "Matched sizes" in written[1].read_text()
     assert written[2].stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--frames", "1"], "--frames: must be >= 2"),
+    (["--clips", "spin_chelsea"], "unknown test clip"),
+    (["--no-test-clips"], "no clips to measure"),
+])
+def test_rd_cli_errors(tmp_path, capsys, args, message):
+    from vqforge.cli import main
+
+    assert main(["rd", str(tmp_path / "tok"), str(tmp_path / "ent"), "--out", str(tmp_path / "o"), *args]) == 2
+    assert message in capsys.readouterr().err
