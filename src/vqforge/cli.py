@@ -108,7 +108,8 @@ def add_codec_commands(sub) -> None:
     sp.add_argument("--clips", nargs="*", default=None, help="names of built-in test clips (default: all)")
     sp.add_argument("--frames", type=int, default=32, help="frames per clip")
     sp.add_argument("--size", type=int, default=256, help="clip width and height")
-    sp.add_argument("--crf", type=float, nargs="*", default=[23, 29, 35, 41, 47, 51], help="CRF sweep (x264/x265, preset medium)")
+    sp.add_argument("--crf", type=float, nargs="*", default=[23, 29, 35, 41, 47, 51],
+                    help="CRF sweep (x264/x265, preset medium)")
     sp.add_argument("--codecs", nargs="*", default=["libx264", "libx265"])
     sp.add_argument("--pix-fmts", nargs="*", default=["yuv420p", "yuv444p"])
     sp.add_argument("--intra-period", type=int, default=32)
