@@ -91,7 +91,8 @@ def _step_frequencies(model: EntropyModel, buf: torch.Tensor, known: torch.Tenso
     try:
         return logits_to_frequencies(logits.float())
     except FrequencyError as e:
-        raise CodecError(f"entropy model {model.name!r}, step {i}: {e}\n  fix: check the entropy model's weights") from e
+        raise CodecError(f"entropy model {model.name!r}, step {i}: {e}\n"
+                         "  fix: check the entropy model's weights") from e
 
 
 def _model_device(model: EntropyModel) -> torch.device:

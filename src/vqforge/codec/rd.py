@@ -352,7 +352,8 @@ def run_rd(tokenizer, entropy_model, clips: list[Clip], *, crfs: list[float], co
                 dec, _ = decompress_tokens(comp.data, ent, tok_hash)  # the real decoder, from the bytes
                 t3 = time.perf_counter()
                 if not torch.equal(dec, all_tokens[:, :d]):
-                    raise AssertionError("decoded tokens differ from the encoded ones")  # checksums make this unreachable
+                    # unreachable: the container's checksums raise CodecError first
+                    raise AssertionError("decoded tokens differ from the encoded ones")
                 r = row(f"{method}|{d}", method=method, setting=f"depth {d}", depth=d)
                 r.add(comp.total_bytes, clip, m)
                 vq_bytes[(method, d)] = comp.total_bytes
@@ -367,7 +368,8 @@ def run_rd(tokenizer, entropy_model, clips: list[Clip], *, crfs: list[float], co
                 for crf in crfs:
                     data = encode_reference(clip.frames, codec, pf, crf=crf, fps=clip.fps)
                     m = meter.measure(clip.frames, decode_reference(data), with_features=False)
-                    row(f"{codec}|{pf}|crf{crf:g}", method=f"{codec} {pf}", setting=f"crf {crf:g}").add(len(data), clip, m)
+                    r = row(f"{codec}|{pf}|crf{crf:g}", method=f"{codec} {pf}", setting=f"crf {crf:g}")
+                    r.add(len(data), clip, m)
                 for d in range(1, depth_max + 1):
                     target = vq_bytes[("vqforge", d)]
                     mr = match_reference(clip.frames, codec, pf, target, clip.fps)
