@@ -292,7 +292,7 @@ def test_decode_in_another_process_with_another_thread_count(context_model, tmp_
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-c", _DECODE_SCRIPT, "2", str(REPO / "tests"), str(ent_path),
                         str(tmp_path / "x.vqf"), str(tmp_path / "y.npy")], env=env, capture_output=True, text=True,
-                       timeout=120)
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "2"
     assert np.array_equal(np.load(tmp_path / "y.npy"), x.numpy())
@@ -304,7 +304,7 @@ _CLI = "import sys; sys.path.insert(0, {tests!r}); import codec_models; from vqf
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-c", _CLI.format(tests=str(REPO / "tests")), *args], env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_cli_compress_then_decompress_in_separate_processes(rvq_tokenizer, context_model, media, tmp_path):
