@@ -270,7 +270,8 @@ def test_type_fields_reach_the_quantizers() -> None:
 @pytest.mark.parametrize("quantizer,path,fix", [
     ({"variant": "GumbelVQ", "type": "fsq"}, "model.quantizer.type", "set model.variant: VQModel"),
     ({"variant": "EMAVQ", "type": "vq"}, "model.quantizer.type", "set it to 'ema'"),
-    ({"type": "product"}, "model.quantizer.type", "choose another quantizer type"),
+    ({"type": "product", "rvq_levels": 2}, "model.quantizer.rvq_levels", "rvq_levels: 1"),
+    ({"variant": "PQEMAVQ", "type": "fsq"}, "model.quantizer.type", "set model.variant: VQModel"),
     ({"type": "residual"}, "model.quantizer.rvq_levels", "set model.quantizer.rvq_levels"),
     ({"type": "fsq", "rvq_levels": 2}, "model.quantizer.rvq_levels", "rvq_levels: 1"),
     ({"type": "lfq", "lfq_entropy_groups": 6}, "model.quantizer.lfq_entropy_groups", "up to 5"),
@@ -411,3 +412,11 @@ def test_train_resume_export_and_from_pretrained_per_type(name: str, tmp_path) -
     with torch.no_grad():
         recon = model(x).reconstruction
         assert torch.equal(model.decode(model.encode(x)), recon)
+
+
+def test_type_product_builds_the_product_quantizer_for_the_base_model() -> None:
+    from vqforge.config.schema import QuantizerConfig
+    from vqforge.quantizers import ProductEMAQuantizer, build_quantizer
+
+    q = build_quantizer("VQModel", QuantizerConfig(type="product", num_subspaces=2), 16, 8, 8)
+    assert isinstance(q, ProductEMAQuantizer)

@@ -22,6 +22,9 @@ COMMANDS = {
     "decode": ("vqforge.eval.command", "decode_main"),
     "launch": ("vqforge.launch", "launch_main"),
     "entropy": ("vqforge.entropy.command", "entropy_main"),
+    "compress": ("vqforge.codec.command", "compress_main"),
+    "decompress": ("vqforge.codec.command", "decompress_main"),
+    "rd": ("vqforge.codec.command", "rd_main"),
 }
 
 
@@ -93,7 +96,46 @@ def build_parser() -> argparse.ArgumentParser:
     from .entropy.command import add_parser as add_entropy_parser
 
     add_entropy_parser(sub)
+
+    add_codec_commands(sub)
     return p
+
+
+def add_codec_commands(sub) -> None:
+    """`compress`, `decompress` and `rd` (vqforge.codec)."""
+    sp = sub.add_parser("compress", help="images or videos -> a .vqf file (tokenizer + entropy model + range coder)")
+    sp.add_argument("tokenizer", metavar="TOKENIZER", help="exported model, checkpoint or run directory")
+    sp.add_argument("entropy_model", metavar="ENTROPY_MODEL", help="directory written by `vqforge entropy train`")
+    sp.add_argument("inputs", nargs="+", metavar="INPUT")
+    sp.add_argument("--out", required=True, metavar="FILE")
+    sp.add_argument("--resolution", type=int, default=None, help="center-crop size (default: the model's training one)")
+    sp.add_argument("--depth", type=int, default=None, help="residual VQ: code only the first DEPTH levels")
+    sp.add_argument("--intra-period", type=int, default=32, help="frames per independently decodable segment")
+
+    sp = sub.add_parser("decompress", help="a .vqf file -> an MP4 or a directory of PNGs")
+    sp.add_argument("tokenizer", metavar="TOKENIZER")
+    sp.add_argument("entropy_model", metavar="ENTROPY_MODEL")
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--out", required=True, metavar="VIDEO|DIR", help="a .mp4 path or a directory")
+    sp.add_argument("--depth", type=int, default=None, help="residual VQ: decode with the first DEPTH levels only")
+
+    sp = sub.add_parser("rd", help="rate-distortion comparison: vqforge vs x264/x265 (and JPEG) on test clips")
+    sp.add_argument("tokenizer", metavar="TOKENIZER")
+    sp.add_argument("entropy_model", metavar="ENTROPY_MODEL")
+    sp.add_argument("--data", nargs="*", default=[], help="extra folders/files of videos or images (each folder of "
+                    "images is one clip)")
+    sp.add_argument("--no-test-clips", action="store_true", help="only the --data clips")
+    sp.add_argument("--clips", nargs="*", default=None, help="names of built-in test clips (default: all)")
+    sp.add_argument("--frames", type=int, default=32, help="frames per clip")
+    sp.add_argument("--size", type=int, default=256, help="clip width and height")
+    sp.add_argument("--crf", type=float, nargs="*", default=[23, 29, 35, 41, 47, 51],
+                    help="CRF sweep (x264/x265, preset medium)")
+    sp.add_argument("--codecs", nargs="*", default=["libx264", "libx265"])
+    sp.add_argument("--pix-fmts", nargs="*", default=["yuv420p", "yuv444p"])
+    sp.add_argument("--intra-period", type=int, default=32)
+    sp.add_argument("--kid", action=argparse.BooleanOptionalAction, default=True, help="KID on InceptionV3 features")
+    sp.add_argument("--vgg", default=None, help="VGG16 ImageNet weights for LPIPS")
+    sp.add_argument("--out", required=True, help="directory for rd.json, rd.md and rd.png")
 
 
 def main(argv: list[str] | None = None) -> int:
