@@ -207,3 +207,13 @@ def test_masked_groups_trains_on_exactly_the_decoders_view():
         want = F.cross_entropy(logits, tok.reshape(-1)[steps[s]], reduction="none")
         got = nll[[unknown_hw.index(int(p) - t * 16) for p in steps[s]]]
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_importing_the_package_registers_both_models():
+    """The codec imports only `vqforge.entropy` before `load_entropy_model`: the registry must be filled by then."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import vqforge.entropy as e; print(e.registered_entropy_models())"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "masked_groups" in out and "transformer_ar" in out

@@ -10,6 +10,7 @@ from .base import (
     registered_entropy_models,
     save_entropy_model,
 )
+from . import models as _models  # noqa: F401  (registers transformer_ar and masked_groups)
 
 __all__ = [
     "EntropyModel",
