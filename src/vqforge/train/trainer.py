@@ -22,7 +22,7 @@ from ..losses.objective import LossOutput, VQGANObjective
 from ..models.output import TokenizerOutput
 from .checkpoint import Checkpointer
 from .ema import WeightEMA
-from ..eval.report import reconstruction_grid
+from ..eval.report import labelled_grid
 from .logger import RunLogger, Throughput
 from .schedules import lr_factor
 from .state import rng_state, set_rng_state
@@ -369,7 +369,8 @@ class Trainer:
                 window, n_window = {}, 0
                 tp.reset()
             if self.image_every and step % self.image_every == 0:
-                self.logger.image(step, "train_reconstruction", reconstruction_grid(res.inputs[:8], res.reconstruction[:8]))
+                self.logger.image(step, "train_reconstruction", labelled_grid(res.inputs[:8], res.reconstruction[:8],
+                                                                     title=f"training batch, step {step}"))
             metric = None
             if self.val_loader is not None and (step % self.validation_interval == 0 or step == self.num_steps):
                 metrics = self.validate(step)
