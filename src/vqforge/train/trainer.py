@@ -211,7 +211,7 @@ class Trainer:
         self.val_max_batches = val_max_batches
         self.best_metric = best_metric
         self.log_every = log_every
-        self.image_every = image_every
+        self.image_every = image_every if image_every is not None else validation_interval  # null: at validations
         self.config_json = config_json
         self.evaluate_fn = evaluate_fn
         self.counters = Counters()
