@@ -42,6 +42,9 @@ def test_train_resume_export_from_the_command_line(tmp_path, capsys):
                 "model/model.safetensors"):
         assert (run / rel).exists(), rel
     assert list((run / "images").glob("val_reconstruction_*.png"))
+    # log.image_every null: a training-batch grid at every validation step, as the config documents
+    assert sorted(p.name for p in (run / "images").glob("train_reconstruction_*.png")) == [
+        "train_reconstruction_00000002.png", "train_reconstruction_00000004.png"]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     # the saved resolved config is itself a loadable native config
     assert vqforge.load_config(run / "config.yaml").model == vqforge.load_config(cfg_path).model

@@ -175,9 +175,18 @@ def test_pseudo_videos_group_distinct_images(image_dir):
 
 def test_sample_photos_split_and_stream():
     train, val = sample_photo_split()
-    assert len(train) == len(SAMPLE_PHOTOS_TRAIN) == 6 and len(val) == len(SAMPLE_PHOTOS_VAL) == 2
-    for a in train + val:
+    assert len(train) == len(SAMPLE_PHOTOS_TRAIN) == 10 and len(SAMPLE_PHOTOS_VAL) == 2
+    for a in train:
         assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3 and min(a.shape[:2]) >= 256
+    # validation: the 2x2 tiles of each held-out photo, row-major, exactly covering its top-left even part
+    import skimage.data as skd
+
+    assert len(val) == 8 and all(a.dtype == np.uint8 and a.shape[2] == 3 and min(a.shape[:2]) >= 128 for a in val)
+    coffee = skd.coffee()
+    h, w = coffee.shape[0] // 2, coffee.shape[1] // 2
+    assert np.array_equal(np.concatenate([np.concatenate(val[0:2], 1), np.concatenate(val[2:4], 1)], 0),
+                          coffee[:2 * h, :2 * w])
+    assert not any(np.array_equal(val[i], val[j]) for i in range(8) for j in range(i))
     camera = train[SAMPLE_PHOTOS_TRAIN.index("camera")]
     assert np.array_equal(camera[..., 0], camera[..., 1])  # grayscale repeated into RGB
     assert not set(SAMPLE_PHOTOS_TRAIN) & set(SAMPLE_PHOTOS_VAL)  # split by photo
@@ -188,10 +197,10 @@ def test_sample_photos_split_and_stream():
 
     cfg = DataConfig(source="sample_photos", resolution=32, batch_size=4)
     stream = build_train_stream(cfg, seed=0)
-    batches = _take(stream, 3)  # 12 samples: two epochs of 6 photos
+    batches = _take(stream, 5)  # 20 samples: two epochs of 10 photos
     assert stream.epoch == 2 and all(b.shape == (4, 1, 32, 32, 3) for b in batches)
-    (v,) = list(build_val_loader(cfg))
-    assert v.shape == (2, 1, 32, 32, 3)
+    (v,) = list(build_val_loader(DataConfig(source="sample_photos", resolution=32, val_batch_size=8)))
+    assert v.shape == (8, 1, 32, 32, 3)
 
 
 def test_crop_flip_resize_and_shuffle_switches_reach_the_samples(image_dir):

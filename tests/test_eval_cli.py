@@ -246,7 +246,12 @@ def test_eval_writes_json_table_and_pngs(models, image_dir, tmp_path, capsys, no
     assert rc == 0
     text = capsys.readouterr().out
     assert "psnr (dB)" in text and "perplexity" in text and "LPIPS skipped" in text
+    header = next(line for line in text.splitlines() if line.strip().startswith("metric"))
+    # f2 (16x16 tokens), 3.75 bpp: bicubic x2 keeps 6 bpp, so bicubic x4 (1.5 bpp) is the same-rate column
+    assert header.split()[1:] == ["model", "bicubic_x2", "bicubic_x4", "jpeg"]
     doc = json.loads(js.read_text())
+    assert list(doc["baselines"]) == ["bicubic_x2", "bicubic_x4", "jpeg"]
+    assert doc["baselines"]["jpeg"]["bpp"] <= doc["bits_per_pixel"] and doc["baselines"]["jpeg"]["rfid"] is not None
     for key in ("num_images", "psnr", "psnr_aggregate", "ssim", "lpips", "rfid", "bits_per_pixel", "codebook",
                 "depth_curve", "skipped", "model", "data", "images"):
         assert key in doc, key
@@ -258,7 +263,7 @@ def test_eval_writes_json_table_and_pngs(models, image_dir, tmp_path, capsys, no
     assert doc["model"]["family"] == "taming" and doc["data"]["resolution"] == RES
 
     with Image.open(out / "reconstructions.png") as im:
-        assert im.size == report.grid_size(3, RES, RES)
+        assert im.size == report.labelled_grid_size(3, RES, RES)
     with Image.open(out / "codebook_usage.png") as im:
         assert im.size == report.usage_figure_size(3)
     with Image.open(out / "rate_distortion.png") as im:
@@ -285,4 +290,11 @@ def test_eval_defaults_max_images_and_missing_inception(models, image_dir, tmp_p
     assert doc["rfid"] is None and "rFID skipped" in doc["skipped"]["rfid"]
     assert "rate_distortion" not in doc["images"] and not (tmp_path / "eval" / "rate_distortion.png").exists()
     with Image.open(tmp_path / "eval" / "reconstructions.png") as im:
-        assert im.size == report.grid_size(2, RES, RES)
+        assert im.size == report.labelled_grid_size(2, RES, RES)
+
+
+def test_eval_without_baselines(models, image_dir, tmp_path, capsys, no_vgg):
+    js = tmp_path / "metrics.json"
+    assert main(["eval", str(models["plain"]), "--data", str(image_dir), "--json", str(js), "--max-images", "2",
+                 "--no-baselines"]) == 0
+    assert json.loads(js.read_text())["baselines"] == {} and "jpeg" not in capsys.readouterr().out

@@ -144,7 +144,9 @@ def test_json_schema_and_skip_reasons():
     res = evaluate(tiny_taming(rvq_levels=2), batches_of(images(2), 2))
     j = json.loads(json.dumps(res.to_json()))
     assert set(j) == {"num_images", "resolution", "psnr", "psnr_aggregate", "ssim", "mse", "rec_loss", "pixel_loss",
-                      "lpips", "rfid", "layout", "bits_per_pixel", "codebook", "depth_curve", "skipped", "seconds"}
+                      "lpips", "rfid", "layout", "bits_per_pixel", "codebook", "depth_curve", "baselines", "skipped",
+                      "seconds"}
+    assert j["baselines"] == {}  # only with evaluate(baselines=True)
     assert j["lpips"] is None and j["rfid"] is None
     assert set(j["skipped"]) == {"lpips", "rfid"}
     assert set(j["codebook"][0]) == {"level", "num_codes", "used", "dead", "usage", "perplexity", "entropy_bits",

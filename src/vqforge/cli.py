@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--inception", default=None, help="InceptionV3 TorchScript file for rFID")
     sp.add_argument("--vgg", default=None, help="VGG16 ImageNet weights for LPIPS")
     sp.add_argument("--ema", action="store_true", help="evaluate the weight-EMA copy")
+    sp.add_argument("--no-baselines", action="store_true", help="skip the bicubic and JPEG reference columns")
 
     sp = sub.add_parser("encode", help="images or videos -> token indices")
     sp.add_argument("model", metavar="MODEL")

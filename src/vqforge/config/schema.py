@@ -452,6 +452,7 @@ class DataConfig:
     frame_stride: int = 1
     resolution: int = 256  # crop size
     resize: int | None = None  # shorter side before cropping; null = resolution
+    resize_range: list[int] | None = None  # [lo, hi]: multi-scale training crops, shorter side drawn log-uniformly
     random_crop: bool = True  # training crops (validation always center-crops)
     hflip: bool = False  # random horizontal flip for training
     batch_size: int = 4  # per process
@@ -471,6 +472,13 @@ class DataConfig:
         require(self.resolution >= 8, f"{p}.resolution", f"must be >= 8, got {self.resolution}", "use e.g. 256")
         require(self.resize is None or self.resize >= self.resolution, f"{p}.resize",
                 f"{self.resize} is smaller than the crop size {self.resolution}", "use resize >= resolution or null")
+        if self.resize_range is not None:
+            rr = self.resize_range
+            require(isinstance(rr, (list, tuple)) and len(rr) == 2 and all(isinstance(v, int) for v in rr),
+                    f"{p}.resize_range", f"must be two integers [lo, hi], got {rr!r}", "use e.g. [64, 256] or null")
+            require(rr[0] >= self.resolution, f"{p}.resize_range",
+                    f"lo {rr[0]} is smaller than the crop size {self.resolution}", "use lo >= resolution")
+            require(rr[1] >= rr[0], f"{p}.resize_range", f"hi {rr[1]} is smaller than lo {rr[0]}", "use [lo, hi] with lo <= hi")
         require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1", "use e.g. 4")
         require(self.val_batch_size is None or self.val_batch_size >= 1, f"{p}.val_batch_size", "must be >= 1", "use null")
         require(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0", "use 0 to load in the main process")

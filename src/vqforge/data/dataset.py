@@ -27,6 +27,7 @@ readable sample, so it happens before training starts.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +51,7 @@ from .video import MediaError, clip_span, probe_video, read_clip
 MEDIA_ERRORS = (MediaError, av.FFmpegError, MemoryError) + PIL_ERRORS
 
 # tags that separate the independent random streams derived from (seed, epoch, index)
-_TAG_SAMPLE, _TAG_REPLACE, _TAG_SHUFFLE = 1, 2, 3
+_TAG_SAMPLE, _TAG_REPLACE, _TAG_SHUFFLE, _TAG_SCALE = 1, 2, 3, 4
 
 _MAX_INDIVIDUAL_WARNINGS = 20  # per index pass; the rest are summarised (all are in `skipped`)
 
@@ -89,10 +90,27 @@ class SampleSpec:
     random_crop: bool
     hflip: bool
     pseudo_video: bool  # use_images
+    # training only: (lo, hi) multi-scale crops, the shorter side drawn log-uniformly per sample (DataConfig.resize_range)
+    short_side_range: tuple[int, int] | None = None
 
     @property
     def span(self) -> int:
         return clip_span(self.sequence_length, self.frame_stride)
+
+
+def draw_short_side(short_side_range: tuple[int, int] | None, rng: np.random.Generator) -> int | None:
+    """Multi-scale crops: a shorter side drawn log-uniformly in [lo, hi] (inclusive), or None without a range.
+
+    Log-uniform, so each octave of scale is equally likely: a crop is as often a close-up as a wide view.
+    Drawn from its own random stream, so turning multi-scale on leaves crop positions, flips and clip starts as they were.
+    """
+    if short_side_range is None:
+        return None
+    lo, hi = short_side_range
+    if lo == hi:
+        return lo
+    v = math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))
+    return min(max(int(v), lo), hi)
 
 
 @dataclass
@@ -252,22 +270,24 @@ class ClipDataset(Dataset):
 
     # --- reading -----------------------------------------------------------------------------------------------
 
-    def _read(self, j: int, start_fraction: float | None, crop: CropParams) -> list[np.ndarray]:
+    def _read(self, j: int, start_fraction: float | None, crop: CropParams,
+              short_side: int | None = None) -> list[np.ndarray]:
         """Frames of item j: one for an image, sequence_length for a video. Raises MEDIA_ERRORS."""
         item, spec = self.items[j], self.spec
+        short = spec.short_side if short_side is None else short_side
         if item.kind == "video":
             room = item.num_frames - spec.span
             if start_fraction is None:
                 start = room // 2  # validation: the middle clip
             else:
                 start = min(int(start_fraction * (room + 1)), room)
-            clip = read_clip(item.name, start, spec.sequence_length, spec.frame_stride, short_side=spec.short_side)
-            return [resize_crop(im, spec.short_side, spec.resolution, crop) for im in clip.frames]
+            clip = read_clip(item.name, start, spec.sequence_length, spec.frame_stride, short_side=short)
+            return [resize_crop(im, short, spec.resolution, crop) for im in clip.frames]
         if item.kind == "array":
             img: Image.Image = self._array_image(j)
         else:
-            img = load_image(item.name, min_short_side=spec.short_side)
-        return [resize_crop(img, spec.short_side, spec.resolution, crop)]
+            img = load_image(item.name, min_short_side=short)
+        return [resize_crop(img, short, spec.resolution, crop)]
 
     def _members(self, index: int, rng: np.random.Generator | None) -> list[int]:
         """Items that make up the sample: the item itself, plus D − 1 more images for a pseudo-video."""
@@ -286,6 +306,7 @@ class ClipDataset(Dataset):
         crop = draw_crop_params(rng, self.spec.random_crop, self.spec.hflip)
         start_fraction = float(rng.random())
         members = self._members(index, rng)
+        short = draw_short_side(self.spec.short_side_range, seeded_rng(self.seed, epoch, index, _TAG_SCALE))
         failures: list[tuple[str, str]] = []
         candidates = _Candidates(self.seed, epoch, index, len(self.items))
         frames: list[np.ndarray] = []
@@ -293,7 +314,7 @@ class ClipDataset(Dataset):
             while True:
                 candidates.tried.add(j)
                 try:
-                    frames.extend(self._read(j, start_fraction, crop))
+                    frames.extend(self._read(j, start_fraction, crop, short))
                     break
                 except MEDIA_ERRORS as e:
                     failures.append((self.items[j].name, _reason(e)))

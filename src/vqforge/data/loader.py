@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from ..config.schema import DataConfig
 from ..errors import ConfigError, DataError
 from .dataset import ClipDataset, FailureLog, Item, SampleSpec, collate, epoch_order, index_files
-from .samples import SAMPLE_PHOTOS_TRAIN, SAMPLE_PHOTOS_VAL, sample_photo_split
+from .samples import SAMPLE_PHOTOS_TRAIN, sample_photo_split, sample_photo_val_names
 from .sources import media_kind, resolve_sources
 
 log = logging.getLogger("vqforge.data")
@@ -123,6 +123,7 @@ def _spec(cfg: DataConfig) -> SampleSpec:
         frame_stride=cfg.frame_stride,
         resolution=cfg.resolution,
         short_side=cfg.resize if cfg.resize is not None else cfg.resolution,
+        short_side_range=tuple(cfg.resize_range) if cfg.resize_range is not None else None,
         random_crop=cfg.random_crop,
         hflip=cfg.hflip,
         pseudo_video=cfg.use_images,
@@ -140,7 +141,7 @@ def _build_dataset(cfg: DataConfig, split: str, seed: int) -> tuple[ClipDataset,
     if cfg.source == "sample_photos":
         train_imgs, val_imgs = sample_photo_split()
         arrays = train_imgs if train else val_imgs
-        names = SAMPLE_PHOTOS_TRAIN if train else SAMPLE_PHOTOS_VAL
+        names = SAMPLE_PHOTOS_TRAIN if train else sample_photo_val_names()
         items = [Item("array", f"skimage.data.{n}", 1) for n in names]
         skipped: list[tuple[str, str]] = []
         ds = ClipDataset(items, spec, train=train, seed=seed, arrays=list(arrays), field=field)

@@ -1,9 +1,12 @@
 """Sample photos for the quickstart: real photographs that scikit-image ships (no download), split by photo.
 
 Only photos whose scikit-image documentation states public domain or CC0 are used. Left out on purpose:
-`immunohistochemistry` and `coins` ("no known copyright restrictions" is not a licence), synthetic or drawn images
-(`colorwheel`, `logo`, `horse`, `text`, `page`, ...) and images fetched from the internet on first use (`eagle`,
-`skin`, ...). The licences below are quoted from the docstrings of `skimage.data` (scikit-image 0.21 – 0.26).
+`immunohistochemistry` and `coins` ("no known copyright restrictions" is not a licence), `moon` and
+`stereo_motorcycle` (no licence stated in scikit-image), `microaneurysms` (102×102, smaller than a crop's source),
+synthetic or drawn images (`colorwheel`, `logo`, `horse`, `text`, `page`, `chessboard`, ...) and images fetched from
+the internet on first use (`eagle`, `skin`, `kidney`, ...). The licences below are quoted from the docstrings of
+`skimage.data` (scikit-image 0.21 – 0.26); all of these files are in scikit-image's wheel, so loading them needs no
+network.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import numpy as np
 from ..errors import ConfigError
 
 # Split by photo, so no validation photo is ever seen in training.
-SAMPLE_PHOTOS_TRAIN: tuple[str, ...] = ("astronaut", "rocket", "hubble_deep_field", "retina", "camera", "clock")
+SAMPLE_PHOTOS_TRAIN: tuple[str, ...] = ("astronaut", "rocket", "hubble_deep_field", "retina", "camera", "clock",
+                                        "brick", "grass", "gravel", "cell")
 SAMPLE_PHOTOS_VAL: tuple[str, ...] = ("coffee", "chelsea")
+# Each held-out photo is cut into VAL_TILES x VAL_TILES tiles; each tile is one validation image (centre-cropped
+# like any image), so validation sees 8 different crops of the 2 photos instead of 2.
+VAL_TILES = 2
 
 SAMPLE_PHOTO_CREDITS: dict[str, str] = {
     "astronaut": "Eileen Collins, NASA Great Images database; public domain",
@@ -25,6 +32,10 @@ SAMPLE_PHOTO_CREDITS: dict[str, str] = {
     "retina": "Fundus photograph of a normal left eye, Mikael Häggström (Wikimedia Commons); CC0 1.0",
     "camera": "Gray-level \"camera\" photograph by Lav Varshney; CC0 (grayscale)",
     "clock": "Motion-blurred wall clock by Stefan van der Walt; public domain (grayscale)",
+    "brick": "Brick wall, from CC0Textures (Bricks25), perspective-corrected and cropped; CC0 (grayscale)",
+    "grass": "Grass, by linolafett on DeviantArt (Grass-01), cropped; CC0 (grayscale)",
+    "gravel": "Gravel, from CC0Textures (Gravel04), rescaled and cropped; CC0 (grayscale)",
+    "cell": "Cell floating in saline, quantitative phase image by Paul Müller et al.; CC0 (grayscale)",
     "coffee": "Coffee cup by Rachel Michetti, courtesy of Pikolo Espresso Bar; CC0",
     "chelsea": "Chelsea the cat by Stefan van der Walt; CC0",
 }
@@ -34,7 +45,7 @@ SAMPLE_PHOTO_ATTRIBUTION: str = (
     "public domain or dedicated to it under CC0:\n"
     + "\n".join(f"- {name} ({'validation' if name in SAMPLE_PHOTOS_VAL else 'training'}): {credit}"
                 for name, credit in SAMPLE_PHOTO_CREDITS.items())
-    + "\nGrayscale photos are repeated into three channels."
+    + "\nGrayscale photos are repeated into three channels. Validation uses the 2x2 tiles of each held-out photo."
 )
 
 
@@ -61,7 +72,20 @@ def _load() -> dict[str, np.ndarray]:
     return out
 
 
+def _tiles(a: np.ndarray, n: int) -> list[np.ndarray]:
+    h, w = a.shape[0] // n, a.shape[1] // n
+    return [a[r * h:(r + 1) * h, c * w:(c + 1) * w] for r in range(n) for c in range(n)]
+
+
+def sample_photo_val_names() -> list[str]:
+    """Names of the validation images, in order: 'coffee tile 1/4', ... (row-major tiles of each held-out photo)."""
+    k = VAL_TILES * VAL_TILES
+    return [f"{n} tile {i + 1}/{k}" for n in SAMPLE_PHOTOS_VAL for i in range(k)]
+
+
 def sample_photo_split() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(train_images, val_images): uint8 (H, W, 3) arrays, 6 training and 2 validation photos (read-only)."""
+    """(train_images, val_images): uint8 (H, W, 3) arrays (read-only): the 10 training photos, and the 2 held-out
+    photos cut into VAL_TILES x VAL_TILES tiles each (8 validation images)."""
     photos = _load()
-    return [photos[n] for n in SAMPLE_PHOTOS_TRAIN], [photos[n] for n in SAMPLE_PHOTOS_VAL]
+    val = [t for n in SAMPLE_PHOTOS_VAL for t in _tiles(photos[n], VAL_TILES)]
+    return [photos[n] for n in SAMPLE_PHOTOS_TRAIN], val

@@ -43,7 +43,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from .codebook import index_layout, split_levels
 from .evaluator import EvalResult, codebook_sizes, evaluate
 from .metrics import to_uint8
-from .report import format_table, plot_rate_distortion, plot_usage_histogram, save_reconstruction_grid
+from .report import format_table, plot_rate_distortion, plot_usage_histogram, save_labelled_grid
 
 INDICES_FORMAT = "vqforge-indices"
 INDICES_VERSION = 1
@@ -156,10 +156,7 @@ def _eval_data_config(cfg: Config, data: list[str], short: int, size: int, batch
 
 
 def _print_report(res: EvalResult) -> None:
-    rows = [["images", res.num_images], ["resolution", f"{res.height}x{res.width}"], ["psnr (dB)", res.psnr],
-            ["psnr aggregate (dB)", res.psnr_aggregate], ["ssim", res.ssim], ["lpips", res.lpips],
-            ["rfid", res.rfid], [f"rec_loss ({res.pixel_loss})", res.rec_loss], ["bits per pixel", res.bpp]]
-    print(format_table(rows, ["metric", "value"]))
+    print(metrics_table(res))
     print()
     print(format_table([[s.level, s.num_codes, s.used, s.dead, s.usage, s.perplexity, s.entropy_bits]
                         for s in res.codebook],
@@ -170,6 +167,25 @@ def _print_report(res: EvalResult) -> None:
                            ["depth", "bpp", "psnr", "ssim", "lpips"]))
     for name, why in res.skipped.items():
         print(f"{name}: {why}")
+
+
+def metrics_table(res: EvalResult) -> str:
+    """The metric table; with baselines, one column per baseline scored on the same images beside the model's."""
+    keys = [("psnr (dB)", "psnr"), ("psnr aggregate (dB)", "psnr_aggregate"), ("ssim", "ssim"), ("lpips", "lpips"),
+            ("rfid", "rfid"), (f"rec_loss ({res.pixel_loss})", "rec_loss"), ("bits per pixel", "bpp")]
+    rows: list[list[object]] = [["images", res.num_images, *[""] * len(res.baselines)],
+                                ["resolution", f"{res.height}x{res.width}", *[""] * len(res.baselines)]]
+    for label, k in keys:
+        rows.append([label, getattr(res, k), *[getattr(b, k) for b in res.baselines]])
+    if any(b.jpeg_quality is not None for b in res.baselines):
+        rows.append(["jpeg quality (mean)", "", *[b.jpeg_quality if b.jpeg_quality is not None else ""
+                                                   for b in res.baselines]])
+    table = format_table(rows, ["metric", "model", *[b.name for b in res.baselines]])
+    if res.baselines:
+        table += "\nbaselines on the same images: " + "; ".join(f"{b.name} = {b.method}" for b in res.baselines)
+        table += ("\n(bicubic: 24 bits per kept pixel, uncompressed; JPEG: entropy-coded bits, headers excluded, "
+                  "quality per image by bisection)")
+    return table
 
 
 def eval_main(args: argparse.Namespace) -> int:
@@ -217,14 +233,16 @@ def _eval(args: argparse.Namespace) -> int:
             yield to_model_input(b)  # (B·D, C, H, W) in [-1, 1]
 
     res = evaluate(model, batches(), lpips=lpips, inception=inception, max_images=args.max_images,
-                   pixel_loss=cfg.loss.pixel_loss, skipped=skipped, progress=True)
+                   pixel_loss=cfg.loss.pixel_loss, skipped=skipped, progress=True,
+                   baselines=not getattr(args, "no_baselines", False))
     if not dist.is_main():
         return 0
     _print_report(res)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"reconstructions": "reconstructions.png", "codebook_usage": "codebook_usage.png"}
-    save_reconstruction_grid(res.sample_inputs, res.sample_reconstructions, out_dir / files["reconstructions"])
+    save_labelled_grid(res.sample_inputs, res.sample_reconstructions, out_dir / files["reconstructions"],
+                       title=f"{args.model}: first {res.sample_inputs.shape[0]} of {res.num_images} images")
     plot_usage_histogram(res.usage_counts, out_dir / files["codebook_usage"])
     if res.depth_curve:
         files["rate_distortion"] = "rate_distortion.png"

@@ -18,6 +18,7 @@ from torch import nn
 from .. import distributed as dist
 from ..errors import DataError
 from ..config.schema import HIERARCHICAL_FAMILIES
+from .baselines import BaselineSpec, apply_baseline, baseline_specs, model_factor
 from .codebook import (CodebookUsage, LevelStats, bits_per_pixel, bits_per_pixel_by_depth, index_layout,
                        tokens_per_image)
 from .fid import FeatureStats, fid_from_stats
@@ -45,6 +46,34 @@ class DepthPoint:
 
 
 @dataclass
+class BaselineResult:
+    """A non-learned method (vqforge.eval.baselines) scored on the same images with the same metrics."""
+
+    name: str  # "bicubic_x2", "bicubic_x4", "jpeg"
+    method: str  # human-readable: "bicubic x4 down/up", "JPEG at <= 2 bpp"
+    bpp: float  # mean bits per pixel it spends (bicubic: raw 24-bit pixels kept; JPEG: entropy-coded data)
+    psnr: float
+    psnr_aggregate: float
+    ssim: float
+    mse: float
+    rec_loss: float
+    lpips: float | None = None
+    rfid: float | None = None
+    jpeg_quality: float | None = None  # mean quality chosen by the bisection (JPEG only)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["psnr"] = finite_or_none(self.psnr)
+        d["psnr_aggregate"] = finite_or_none(self.psnr_aggregate)
+        return d
+
+
+# slots for baselines in the cross-process sums: bicubic at the model's factor, bicubic at its rate, JPEG
+_MAX_BASELINES = 3
+_BASE_SUMS = ("n", "psnr", "mse", "ssim", "rec", "lpips", "bpp", "quality")
+
+
+@dataclass
 class EvalResult:
     num_images: int
     height: int
@@ -61,6 +90,7 @@ class EvalResult:
     bpp: float  # bits per pixel at log2(K) bits per token, all levels
     codebook: list[LevelStats]  # per level (residual depth or hierarchy level)
     depth_curve: list[DepthPoint] = field(default_factory=list)  # residual VQ only: depth 1..D
+    baselines: list[BaselineResult] = field(default_factory=list)  # evaluate(baselines=True) only
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
     seconds: float = 0.0
     # not part of the JSON: histograms for the usage plot and a few images for the reconstruction grid
@@ -87,10 +117,23 @@ class EvalResult:
             "depth_curve": [
                 {**asdict(p), "psnr": finite_or_none(p.psnr)} for p in self.depth_curve
             ],
+            "baselines": {b.name: b.to_json() for b in self.baselines},
             "skipped": dict(self.skipped),
             "seconds": self.seconds,
         }
         return out
+
+    def baseline_scalars(self) -> dict[str, float]:
+        """'<baseline>/<metric>' -> value for the baselines' PSNR, SSIM, LPIPS and bits per pixel."""
+        s: dict[str, float] = {}
+        for b in self.baselines:
+            s[f"{b.name}/psnr"] = b.psnr
+            s[f"{b.name}/ssim"] = b.ssim
+            if b.lpips is not None:
+                s[f"{b.name}/lpips"] = b.lpips
+            if b.name == "jpeg":
+                s[f"{b.name}/bpp"] = b.bpp
+        return s
 
     def scalars(self) -> dict[str, float]:
         """Flat name -> float for loggers and best-checkpoint selection (metrics that were skipped are absent)."""
@@ -161,12 +204,15 @@ def evaluate(
     num_samples: int = 8,
     skipped: dict[str, str] | None = None,
     progress: bool = False,
+    baselines: bool = False,
 ) -> EvalResult:
     """Evaluate `model` on `batches` of (N, C, H, W) images in [-1, 1], in one pass.
 
     lpips / inception: networks for LPIPS and rFID; None skips that metric (the reason goes into
     `EvalResult.skipped`, or pass your own reasons in `skipped`). max_images: total over all processes.
     depth_curve: residual VQ only, decode every depth prefix 1..D (D - 1 extra decoder passes per batch).
+    baselines: also score bicubic down/up-sampling by the model's factor (and at its rate) and JPEG at the model's
+    bits per pixel on the same images, with the same metrics (`EvalResult.baselines`; see vqforge.eval.baselines).
     The model is put in eval mode for the pass (an EMA codebook must not update) and restored afterwards.
     Under torchrun every process must call this (the sums are reduced collectively).
     """
@@ -193,6 +239,9 @@ def evaluate(
     samples_x: list[torch.Tensor] = []
     samples_y: list[torch.Tensor] = []
     n_samples = 0
+    specs: list[BaselineSpec] = []
+    base_sums = [dict.fromkeys(_BASE_SUMS, 0.0) for _ in range(_MAX_BASELINES)]
+    base_stats: list[FeatureStats | None] = [None] * _MAX_BASELINES
 
     was_training = model.training
     model.eval()
@@ -224,6 +273,9 @@ def evaluate(
             if layout is None:
                 layout = index_layout(idx)
                 tokens = tokens_per_image(idx)
+                if baselines:
+                    specs = baseline_specs(model_factor(shape[0], shape[1], tokens),
+                                           bits_per_pixel(tokens, ks, shape[0], shape[1]))
             usage.update(idx)
 
             mse = mse_per_image(x, y)
@@ -258,6 +310,24 @@ def evaluate(
                         row = [float(psnr_per_image(x, yd).sum()), float(ssim_per_image(x, yd).sum()),
                                float(_per_image(lpips(x, yd), n).sum()) if lpips is not None else 0.0]
                     depth_sums[d - 1] = [a + b for a, b in zip(depth_sums[d - 1], row)]
+            for slot, spec in enumerate(specs):
+                yb, bpp_b, q_b = apply_baseline(spec, x)
+                mse_b = mse_per_image(x, yb)
+                row = base_sums[slot]
+                row["n"] += n
+                row["psnr"] += float(psnr_from_mse(mse_b).sum())
+                row["mse"] += float(mse_b.sum())
+                row["ssim"] += float(ssim_per_image(x, yb).sum())
+                row["rec"] += float(_pixel_loss(x, yb, pixel_loss).sum())
+                if lpips is not None:
+                    row["lpips"] += float(_per_image(lpips(x, yb), n).sum())
+                row["bpp"] += float(bpp_b.sum())
+                row["quality"] += float(q_b.sum())
+                if inception is not None:
+                    fb = inception(yb)
+                    if base_stats[slot] is None:
+                        base_stats[slot] = FeatureStats.empty(fb.shape[-1], device)
+                    base_stats[slot].update(fb)  # type: ignore[union-attr]
             if n_samples < num_samples:
                 take = min(num_samples - n_samples, n)
                 samples_x.append(x[:take].detach().cpu())
@@ -313,6 +383,26 @@ def evaluate(
                    lpips=t[2] / n_all if lpips is not None else None)
         for d, t in enumerate(depth_totals)
     ]
+    base_results: list[BaselineResult] = []
+    if baselines:
+        base_flat = torch.tensor([row[k] for row in base_sums for k in _BASE_SUMS], dtype=torch.float64, device=device)
+        base_tot = dist.all_reduce_sum(base_flat).view(_MAX_BASELINES, len(_BASE_SUMS)).tolist()
+        all_specs = baseline_specs(model_factor(h_img, w_img, tokens), bits_per_pixel(tokens, ks, h_img, w_img))
+        for slot, spec in enumerate(all_specs):
+            t = dict(zip(_BASE_SUMS, base_tot[slot]))
+            nb = t["n"]
+            b_rfid = None
+            if inception is not None:
+                st = base_stats[slot] or FeatureStats.empty(feat_dim, device)
+                st.all_reduce()
+                if nb >= 2:
+                    b_rfid = fid_from_stats(real_stats, st)  # type: ignore[arg-type]
+            base_results.append(BaselineResult(
+                name=spec.name, method=spec.describe(), bpp=t["bpp"] / nb, psnr=t["psnr"] / nb,
+                psnr_aggregate=float(psnr_from_mse(t["mse"] / nb)), ssim=t["ssim"] / nb, mse=t["mse"] / nb,
+                rec_loss=t["rec"] / nb, lpips=t["lpips"] / nb if lpips is not None else None, rfid=b_rfid,
+                jpeg_quality=t["quality"] / nb if spec.kind == "jpeg" else None))
+
     mean_mse = mse_sum / n_all
     return EvalResult(
         num_images=int(n_all),
@@ -330,6 +420,7 @@ def evaluate(
         bpp=bits_per_pixel(tokens, ks, h_img, w_img),
         codebook=usage.stats(),
         depth_curve=curve,
+        baselines=base_results,
         skipped=skipped,
         seconds=time.perf_counter() - t0,
         usage_counts=[c.cpu() for c in usage.counts],

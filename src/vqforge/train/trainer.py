@@ -22,7 +22,7 @@ from ..losses.objective import LossOutput, VQGANObjective
 from ..models.output import TokenizerOutput
 from .checkpoint import Checkpointer
 from .ema import WeightEMA
-from ..eval.report import reconstruction_grid
+from ..eval.report import labelled_grid
 from .logger import RunLogger, Throughput
 from .schedules import lr_factor
 from .state import rng_state, set_rng_state
@@ -212,7 +212,7 @@ class Trainer:
         self.val_max_batches = val_max_batches
         self.best_metric = best_metric
         self.log_every = log_every
-        self.image_every = image_every
+        self.image_every = image_every if image_every is not None else validation_interval  # null: at validations
         self.config_json = config_json
         self.evaluate_fn = evaluate_fn
         self.counters = Counters()
@@ -371,7 +371,8 @@ class Trainer:
                 window, n_window = {}, 0
                 tp.reset()
             if self.image_every and step % self.image_every == 0:
-                self.logger.image(step, "train_reconstruction", reconstruction_grid(res.inputs[:8], res.reconstruction[:8]))
+                self.logger.image(step, "train_reconstruction", labelled_grid(res.inputs[:8], res.reconstruction[:8],
+                                                                     title=f"training batch, step {step}"))
             metric = None
             if self.val_loader is not None and (step % self.validation_interval == 0 or step == self.num_steps):
                 metrics = self.validate(step)

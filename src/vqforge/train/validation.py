@@ -10,7 +10,7 @@ from torch import nn
 from ..config import Config
 from ..eval.evaluator import evaluate
 from ..losses.objective import VQGANObjective
-from ..eval.report import reconstruction_grid
+from ..eval.report import labelled_grid
 
 
 def make_validation_fn(objective: VQGANObjective, cfg: Config) -> Callable[..., tuple[dict[str, float], torch.Tensor | None]]:
@@ -36,12 +36,21 @@ def make_validation_fn(objective: VQGANObjective, cfg: Config) -> Callable[..., 
     else:
         skipped["rfid"] = "computed during training only when train.best_metric is rfid (use vqforge eval)"
 
+    # Baselines (bicubic at the model's factor and rate, JPEG at its bits per pixel; vqforge.eval.baselines) depend
+    # only on the held-out images and the model's shape, both fixed for a run: scored on the first validation, then
+    # repeated from this cache beside every validation's metrics.
+    baseline_cache: dict[str, float] = {}
+
     def fn(net: nn.Module, batches: Iterable[torch.Tensor], step: int):
+        first = not baseline_cache
         res = evaluate(net, batches, lpips=lpips, inception=inception, pixel_loss=cfg.loss.pixel_loss,
-                       skipped=skipped)
+                       skipped=skipped, baselines=first)
+        if first:
+            baseline_cache.update(res.baseline_scalars())
         grid = None
         if res.sample_inputs is not None and res.sample_reconstructions is not None:
-            grid = reconstruction_grid(res.sample_inputs, res.sample_reconstructions)
-        return res.scalars(), grid
+            grid = labelled_grid(res.sample_inputs, res.sample_reconstructions,
+                                 title=f"validation (held-out images), step {step}")
+        return {**res.scalars(), **baseline_cache}, grid
 
     return fn
