@@ -229,6 +229,8 @@ def vqforge_worker(args) -> None:
         loss_cfg = copy.deepcopy(cfg.loss)
         loss_cfg.perceptual_weight = 1.0
         trainer.objective = VQGANObjective(loss_cfg, LPIPS(standin_vgg16_state())).to(trainer.device)
+        if trainer.channels_last:  # as build_run converts the objective it builds
+            trainer.objective.to(memory_format=torch.channels_last)
     batch = torch.load(work / "batch.pt")  # (B, H, W, C) uint8
     fixed = batch[:, None]  # (B, D=1, H, W, C), the train stream's layout
 

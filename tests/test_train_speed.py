@@ -133,7 +133,7 @@ def test_channels_last_is_honoured(tmp_path):
     off.logger.close()
     assert not off.trainer.raw_model.decoder.conv_out.weight.is_contiguous(memory_format=cl)
     assert not off.trainer.channels_last
-    assert speed.resolve_channels_last(None, torch.device("cpu")) is False
+    assert speed.resolve_channels_last(None, torch.device("cpu")) is True
     assert speed.resolve_channels_last(None, torch.device("cuda")) is True
 
 
@@ -213,3 +213,17 @@ def test_device_prefetcher_position(tmp_path):  # pragma: no cover - CUDA only
     assert x.is_cuda and x.dtype == torch.float32
     assert t.stream.state_dict()["batches"] == 1  # the held next batch is not counted
     run.logger.close()
+
+
+def test_resumed_adam_moments_take_the_channels_last_layout(tmp_path):
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 2, "save_interval": 1, "channels_last": True})
+    run.trainer.fit()
+    run.logger.close()
+    resumed = build_run(tiny_config(loss={"use_gan": False}, train={"num_steps": 3, "channels_last": True}),
+                        tmp_path / "resumed", resume=str(tmp_path / "run" / "checkpoints" / "step_00000001"))
+    resumed.logger.close()
+    opt = resumed.trainer.opt_g
+    w = resumed.trainer.raw_model.decoder.conv_out.weight
+    assert w.is_contiguous(memory_format=torch.channels_last)
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert opt.state[w][k].stride() == w.stride()

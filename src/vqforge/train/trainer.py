@@ -25,7 +25,7 @@ from .ema import WeightEMA
 from ..eval.report import reconstruction_grid
 from .logger import RunLogger, Throughput
 from .schedules import lr_factor
-from .speed import DevicePrefetcher
+from .speed import DevicePrefetcher, match_param_layout
 from .state import rng_state, set_rng_state
 
 
@@ -458,8 +458,10 @@ class Trainer:
     def load_training_state(self, state: dict) -> None:
         self.counters = Counters(**state["counters"])
         self.opt_g.load_state_dict(state["opt_g"])
+        match_param_layout(self.opt_g)  # channels_last parameters: their Adam moments in the same layout
         if self.opt_d is not None:
             self.opt_d.load_state_dict(state["opt_d"])
+            match_param_layout(self.opt_d)
         self.stream.load_state_dict(state["data"])
         self._last_val = state.get("last_val", {})
         per_rank = state.get("rng_per_rank")
