@@ -3,11 +3,16 @@
 #
 #   bench/gpu_check.sh [OUT_DIR]          (from anywhere; OUT_DIR defaults to $OUT, else /tmp/vqforge_gpu_check)
 #
-# 1. Single-GPU training throughput, precision bf16, of the taming f16 model (VQModel: ch 128, ch_mult
-#    [1,1,2,2,4], num_res_blocks 2, attn_resolutions [16], z_channels 256, n_embed 1024, embed_dim 256) at 256×256,
-#    through vqforge's own `Trainer.train_step` on a fixed random uint8 batch (no data loading in the timing):
-#    GAN off, then GAN on from step 0 (every step a generator + discriminator step). LPIPS is off (its VGG16
-#    weights are not on the machine). Prints steps/s, images/s and peak GPU memory per case.
+# 1. Single-GPU training throughput of the taming f16 model (VQModel: ch 128, ch_mult [1,1,2,2,4], num_res_blocks
+#    2, attn_resolutions [16], z_channels 256, n_embed 1024, embed_dim 256; PatchGAN 3 layers, ndf 64) at 256x256,
+#    batch 8, full objective with LPIPS (stand-in VGG16 backbone) and the GAN on from step 0, on a fixed random
+#    batch: vqforge fp32-eager, bf16-eager, bf16-compile (add fp32-compile with GC_CASES) and taming-transformers
+#    fp32 on the same GPU in the same run (bench/gpu_throughput.py). Prints images/s, ms per step pair, peak GPU
+#    memory, MFU (counted FLOPs / dense bf16 peak) and warm-up (compile) time per case. The reference needs
+#    taming-transformers-rom1504 0.0.6, pytorch-lightning 1.9.5, torchmetrics 1.4.0, lightning-utilities,
+#    omegaconf, antlr4-python3-runtime 4.9.3, einops, setuptools<81 (for pkg_resources), requests: carry their
+#    wheels in ./.whl/taming/ (py3-none-any) where the machine has no package index; they go to $OUT_DIR/taming_site
+#    only, never onto vqforge's path.
 # 2. A 1-GPU torchrun run (`python -m torch.distributed.run --standalone --nproc_per_node=1 -m vqforge train`):
 #    nccl process group, DDP, a few steps with GAN on, checkpoint, validation; then a resume of it by a few steps.
 #    Prints its exit codes, the start-up line with the global batch, and the trainer's "finished" line.
@@ -18,7 +23,8 @@
 # a missing one is installed from wheels in ./.whl if that folder exists (see the device README: carry it), else
 # with pip from the index, else the script stops and says which are missing.
 # Knobs for a smoke test elsewhere: GC_DEVICE (cuda), GC_RES (256), GC_BATCH (8), GC_STEPS (10), GC_WARMUP (3),
-# GC_PRECISION (bf16), GC_RUN_STEPS (6), GC_TORCHRUN_TIMEOUT (240 s).
+# GC_PRECISION (bf16, section 2), GC_CASES, GC_TINY (any value: a tiny network, for dry runs), GC_THROUGHPUT_TIMEOUT
+# (300 s), GC_RUN_STEPS (6), GC_TORCHRUN_TIMEOUT (240 s).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -69,82 +75,29 @@ else:
 EOF
 
 # ---------------------------------------------------------------------------------------------------------------
-echo "== 1. single-GPU throughput, taming f16, ${GC_PRECISION:-bf16}, ${GC_RES:-256}x${GC_RES:-256}"
-# the run logger prints each resolved config: the log keeps it, the screen gets one JSON line per case
-if ! OUT_DIR="$OUT_DIR" "$PY" - > "$OUT_DIR/throughput.log" 2>&1 <<'EOF'
-import itertools, json, os, time
-from pathlib import Path
-
-import torch
-
-from vqforge.config import parse_config
-from vqforge.train.build import build_run
-
-out = Path(os.environ["OUT_DIR"])
-device = os.environ.get("GC_DEVICE", "cuda")
-res = int(os.environ.get("GC_RES", "256"))
-batch = int(os.environ.get("GC_BATCH", "8"))
-steps = int(os.environ.get("GC_STEPS", "10"))
-warmup = int(os.environ.get("GC_WARMUP", "3"))
-precision = os.environ.get("GC_PRECISION", "bf16")
-cuda = device.startswith("cuda")
-
-F16 = {"family": "taming", "variant": "VQModel", "n_embed": 1024, "embed_dim": 256,
-       "ddconfig": {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16],
-                    "z_channels": 256, "resolution": res, "dropout": 0.0}}
-
-
-def sync():
-    if cuda:
-        torch.cuda.synchronize()
-
-
-results = []
-for gan in (False, True):
-    cfg = parse_config({
-        "model": F16,
-        "loss": {"perceptual_weight": 0.0, "use_gan": gan, "disc_start": 0},
-        "data": {"source": "sample_photos", "resolution": res, "batch_size": batch},
-        "train": {"num_steps": 10**6, "precision": precision, "device": device, "save_interval": 10**6,
-                  "validation_interval": 10**6, "seed": 0},
-        "log": {"tensorboard": False, "progress": False, "every": 10**6},
-    })
-    run = build_run(cfg, out / f"throughput_gan_{gan}")
-    t = run.trainer
-    g = torch.Generator().manual_seed(0)
-    fixed = torch.randint(0, 256, (batch, 1, res, res, 3), dtype=torch.uint8, generator=g)  # (B, D, H, W, C)
-    t.stream = itertools.repeat(fixed)  # compute only: the same batch every step
-    for _ in range(warmup):
-        t.train_step()
-    sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        r = t.train_step()
-    sync()
-    dt = time.perf_counter() - t0
-    n_params = sum(p.numel() for p in t.raw_model.parameters()) / 1e6
-    row = {"case": "gan_on" if gan else "gan_off", "precision": precision, "resolution": res, "batch": batch,
-           "steps": steps, "steps_per_s": round(steps / dt, 3), "images_per_s": round(steps * batch / dt, 2),
-           "ms_per_step": round(1000 * dt / steps, 1), "model_params_M": round(n_params, 2),
-           "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-           "last_total_loss": round(r.terms.get("total_loss", float("nan")), 4), "finite": r.finite}
-    results.append(row)
-    print(json.dumps(row))
-    run.logger.close()
-    del run, t
-    if cuda:
-        torch.cuda.empty_cache()
-(out / "throughput.json").write_text(json.dumps(results, indent=1))
-EOF
-then
-    echo "throughput check failed; the end of its log:" >&2
-    tail -n 40 "$OUT_DIR/throughput.log" >&2
-    exit 1
+echo "== 1. single-GPU training throughput, taming f16 at ${GC_RES:-256}x${GC_RES:-256}, batch ${GC_BATCH:-8}: vqforge fp32/bf16 x eager/compile, taming-transformers fp32"
+# the reference (taming-transformers + pytorch-lightning 1.9.5 and their small pure-Python needs) goes into its own
+# folder, from the carried wheels (./.whl, see the header) or the package index; it never enters vqforge's path
+TAMING_SITE="$OUT_DIR/taming_site"
+if ! PYTHONPATH="$TAMING_SITE" "$PY" -c "import taming, pytorch_lightning" 2>/dev/null; then
+    if [ -d "$REPO/.whl/taming" ]; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$TAMING_SITE" "$REPO"/.whl/taming/*.whl || true
+    else
+        "$PY" -m pip install -q --no-deps --target "$TAMING_SITE" taming-transformers-rom1504==0.0.6 \
+            pytorch-lightning==1.9.5 torchmetrics==1.4.0 lightning-utilities omegaconf antlr4-python3-runtime==4.9.3 \
+            einops "setuptools<81" requests || true
+    fi
 fi
-grep -h "^model: \|^{" "$OUT_DIR/throughput.log"
-
+CASES="${GC_CASES:-fp32-eager bf16-eager bf16-compile taming-fp32}"
+# shellcheck disable=SC2086
+if ! timeout "${GC_THROUGHPUT_TIMEOUT:-300}" "$PY" "$REPO/bench/gpu_throughput.py" --device "${GC_DEVICE:-cuda}" \
+        --res "${GC_RES:-256}" --batch "${GC_BATCH:-8}" --steps "${GC_STEPS:-10}" --warmup "${GC_WARMUP:-3}" \
+        --cases $CASES --taming-path "$TAMING_SITE:$PYTHONPATH" --json "$OUT_DIR/throughput.json" \
+        ${GC_TINY:+--tiny} > "$OUT_DIR/throughput.log" 2>&1; then
+    echo "throughput check failed or timed out (a failed case is listed in the table); the end of its log:" >&2
+    tail -n 30 "$OUT_DIR/throughput.log" >&2
+fi
+sed -n '/^case /,$p' "$OUT_DIR/throughput.log"
 # ---------------------------------------------------------------------------------------------------------------
 echo "== 2. 1-GPU torchrun run (nccl + DDP), then a resume"
 RUN_STEPS="${GC_RUN_STEPS:-6}"

@@ -50,8 +50,8 @@ Memory, per case:
     .venv/bin/python bench/train_step.py [--cases ref-gan ref-nogan qs-gan qs-nogan] [--steps 15 --warmup 3]
                                          [--threads 2] [--repeat N] [--quiet CORES] [--fixed-batch] [--json]
 
-A missed target or a GAN-off case holding discriminator state prints a `NOT MET` line (exit status 1 with
-`--strict`; a case that crashes always exits 1).
+A GAN-off case holding discriminator state prints a `NOT MET` line (exit status 1 with `--strict`; a case that
+crashes always exits 1). Speed relative to taming-transformers: `bench/compare_taming.py`.
 """
 
 from __future__ import annotations
@@ -72,13 +72,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 
-# the taming-transformers reference measurements on this machine kind (seconds, median, 2 threads)
-REF_AE_STEP_S = 0.63  # autoencoder step, L1 + codebook loss
-REF_PAIR_S = (1.74, 2.07)  # generator + discriminator step pair with LPIPS, adaptive weight, hinge GAN
-TARGETS = {  # case -> (target seconds, how it is derived)
-    "ref-gan": (0.5 * REF_PAIR_S[0], f"<= 0.5 x reference pair ({REF_PAIR_S[0]}-{REF_PAIR_S[1]} s)"),
-    "ref-nogan": (0.8 * REF_AE_STEP_S, f"<= 0.8 x reference autoencoder step ({REF_AE_STEP_S} s)"),
-}
+# Ratios against taming-transformers are measured by bench/compare_taming.py (the same network on both sides, in one
+# run, alternating); this benchmark reports vqforge's own step time and memory and has no time targets.
+TARGETS: dict[str, tuple[float, str]] = {}
 
 REFERENCE_CONFIG = {
     "model": {

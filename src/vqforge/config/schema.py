@@ -516,7 +516,11 @@ class TrainConfig:
     disc_warmup_steps: int = 0  # discriminator starts at disc_start - disc_warmup_steps
     grad_accum_steps: int = 1
     grad_clip: float | None = None  # max grad norm; null = off
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto = bf16 autocast on CUDA (quantizer distances, LPIPS and losses stay float32), fp32 elsewhere
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool = False  # torch.compile (inductor) of the tokenizer's forward; eager with a warning where unavailable
+    channels_last: bool | None = None  # NHWC memory format for model, discriminator, LPIPS, inputs; null = on (CPU, CUDA)
+    fused_optimizer: bool | None = None  # fused Adam/AdamW kernels; null = on where torch has them for the device
     ema_decay: float | None = None  # weight EMA of the tokenizer; null = off
     max_bad_steps: int = 10  # consecutive non-finite steps before training stops
     save_interval: int = 1000

@@ -23,6 +23,8 @@ from .checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
 from .ema import WeightEMA
 from .logger import RunLogger
 from .trainer import GanSchedule, LRPlan, Trainer
+from .speed import (DevicePrefetcher, make_optimizer, resolve_channels_last, resolve_fused, resolve_precision,
+                    to_channels_last, training_forward)
 from .validation import make_validation_fn
 
 def seed_everything(seed: int) -> None:
@@ -51,9 +53,6 @@ def effective_lr(cfg: Config) -> float:
     return t.base_learning_rate * cfg.data.batch_size * dist.world_size() * t.grad_accum_steps
 
 
-def _optimizer(kind: str, params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
 
 
 def check_resume_compatible(saved_cfg: Config, cfg: Config) -> list[str]:
@@ -113,12 +112,20 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     config_dict["train"]["world_size"] = dist.world_size()
     from ..models.pretrained import config_json_text
 
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolution kernels
+    channels_last = resolve_channels_last(t.channels_last, device)
+    if channels_last:  # before the weight EMA copies the model and the optimizers take the parameters
+        to_channels_last(model, objective, discriminator)
     ema = WeightEMA(model, t.ema_decay) if t.ema_decay is not None else None
     train_model: nn.Module = dist.wrap_ddp(model, device)
     train_disc = dist.wrap_ddp(discriminator, device) if discriminator is not None else None
-    opt_g = _optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], lr, t.betas, t.weight_decay)
+    fused = resolve_fused(t.fused_optimizer, device)
+    opt_g = make_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], lr, t.betas,
+                           t.weight_decay, fused=fused)
     disc_lr = t.disc_lr if t.disc_lr is not None else lr
-    opt_d = (_optimizer(t.optimizer, [p for p in discriminator.parameters() if p.requires_grad], disc_lr, t.disc_betas, t.weight_decay)
+    opt_d = (make_optimizer(t.optimizer, [p for p in discriminator.parameters() if p.requires_grad], disc_lr,
+                            t.disc_betas, t.weight_decay, fused=fused)
              if discriminator is not None else None)
     gan = (GanSchedule(lc.disc_start, t.disc_update_every, t.disc_warmup_steps, lc.disc_factor)
            if discriminator is not None else None)
@@ -130,16 +137,18 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
 
     logger = RunLogger(run_dir, cfg.log, enabled=dist.is_main(), total_steps=t.num_steps, run_name=run_dir.name,
                        config_dict=config_dict)
+    precision = resolve_precision(t.precision, device)
+    forward = training_forward(train_model, t.compile, device, lambda msg: logger.info(f"warning: {msg}"))
     ckpt = Checkpointer(run_dir, keep_last=t.keep_last, best_metric=t.best_metric,
                         enabled=dist.is_main())
     trainer = Trainer(
         model=train_model, objective=objective, discriminator=train_disc, opt_g=opt_g, opt_d=opt_d, gan=gan,
         lr_plan=plan, train_stream=stream, val_loader=val_loader, logger=logger, checkpointer=ckpt, device=device,
-        num_steps=t.num_steps, grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip, precision=t.precision,
+        num_steps=t.num_steps, grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip, precision=precision,
         ema=ema, max_bad_steps=t.max_bad_steps, save_interval=t.save_interval,
         validation_interval=t.validation_interval, val_max_batches=t.val_max_batches, best_metric=t.best_metric,
         log_every=cfg.log.every, image_every=cfg.log.image_every, config_json=config_json_text(cfg),
-        evaluate_fn=make_validation_fn(objective, cfg),
+        evaluate_fn=make_validation_fn(objective, cfg), channels_last=channels_last, forward=forward,
     )
 
     # -- start-up report ------------------------------------------------------------------------------------------
@@ -159,6 +168,9 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
         logger.info(f"warning: {w}")
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(f"model: {cfg.model.family}/{cfg.model.variant or '-'} with {n_params / 1e6:.2f}M trainable parameters")
+    logger.info(f"speed: precision {precision}, channels_last {channels_last}, fused optimizer {fused}, "
+                f"compile {getattr(forward, 'active', False)}"
+                + (", batches prefetched to the GPU" if device.type == "cuda" else ""))
     if discriminator is None:
         logger.info("use_gan: false: no discriminator is built or trained; loss = reconstruction + perceptual + codebook")
     else:
@@ -189,4 +201,6 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
         torch.manual_seed(t.seed + dist.rank())
     else:
         torch.manual_seed(t.seed + dist.rank())  # per-rank training randomness (e.g. Gumbel noise)
+    if device.type == "cuda":  # after a resume set the stream's position
+        trainer.stream = DevicePrefetcher(trainer.stream, device, trainer.to_input)
     return Run(trainer, logger, run_dir, config_dict)

@@ -25,6 +25,7 @@ from .ema import WeightEMA
 from ..eval.report import labelled_grid
 from .logger import RunLogger, Throughput
 from .schedules import lr_factor
+from .speed import DevicePrefetcher, match_param_layout
 from .state import rng_state, set_rng_state
 
 
@@ -76,11 +77,27 @@ class Counters:
 
 @dataclass
 class StepResult:
-    terms: dict[str, float]
+    # loss terms and statistics of the step as they were computed: 0-dim device tensors (and plain floats), so
+    # that a step needs no host sync for them; `terms` reads them as floats (one sync when asked)
+    device_terms: dict[str, torch.Tensor | float]
     finite: bool
     disc_stepped: bool
     reconstruction: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
+
+    @property
+    def terms(self) -> dict[str, float]:
+        return floats(self.device_terms)
+
+
+def floats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Device scalars -> Python floats, with one host transfer for all of them."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
+        out.update(zip(keys, stacked))
+    return {k: out[k] for k in values}
 
 
 def _autocast(device: torch.device, precision: str):
@@ -185,6 +202,8 @@ class Trainer:
         image_every: int | None = None,
         config_json: str = "",
         evaluate_fn: Callable[..., dict[str, float]] | None = None,
+        channels_last: bool = False,
+        forward: Callable[[torch.Tensor], TokenizerOutput] | None = None,
     ):
         if (discriminator is None) != (gan is None) or (discriminator is None) != (opt_d is None):
             raise ValueError("discriminator, its optimizer and its schedule must all be given or all be None")
@@ -215,6 +234,9 @@ class Trainer:
         self.image_every = image_every if image_every is not None else validation_interval  # null: at validations
         self.config_json = config_json
         self.evaluate_fn = evaluate_fn
+        self.channels_last = channels_last
+        # the training forward: the model itself, or a torch.compile'd call of it (train.compile)
+        self.forward = forward if forward is not None else model
         self.counters = Counters()
         self.gen_params = [p for p in self.model.parameters() if p.requires_grad]
         self.disc_params = [p for p in discriminator.parameters() if p.requires_grad] if discriminator is not None else []
@@ -232,9 +254,14 @@ class Trainer:
         return self.lr_plan.base_lr * f
 
     def _next_inputs(self) -> torch.Tensor:
-        batch = next(self.stream)
-        x = to_model_input(batch)  # (B·D, C, H, W) in [-1, 1]
-        return x.to(self.device, non_blocking=True)
+        if isinstance(self.stream, DevicePrefetcher):  # CUDA: already copied and converted during the last step
+            return next(self.stream)
+        return self.to_input(next(self.stream).to(self.device, non_blocking=True))
+
+    def to_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W, C) uint8 batch -> (B·D, C, H, W) model input in [-1, 1], in the run's memory format."""
+        x = to_model_input(batch)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _sync_context(self, module: nn.Module, last_micro: bool):
         # DDP: all-reduce gradients only on the last micro-batch of an accumulation
@@ -252,29 +279,29 @@ class Trainer:
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)  # the generator step needs no discriminator weight gradients
 
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor | float] = {}  # device scalars: no host sync until they are logged
         micro: list[tuple[torch.Tensor, torch.Tensor]] = []
-        finite = True
+        ok = torch.ones((), dtype=torch.bool, device=self.device)
         scale = 1.0 / self.grad_accum_steps
         for i in range(self.grad_accum_steps):
             x = self._next_inputs()
             with self._sync_context(self.model, i == self.grad_accum_steps - 1):
                 # the unwrapped discriminator: its weights are frozen here, so the DDP wrapper (gradient sync) has
                 # nothing to do; only the discriminator step goes through the wrapper
-                loss, out = generator_step(self.model, self.objective, _unwrap(self.discriminator), x, step,
+                loss, out = generator_step(self.forward, self.objective, _unwrap(self.discriminator), x, step,
                                            self.raw_model.last_layer, precision=self.precision, loss_scale=scale)
-            finite &= bool(torch.isfinite(loss.total.detach()))
+            ok = ok & torch.isfinite(loss.total.detach())
             micro.append((x, out.reconstruction.detach()))
             for k, v in loss.terms.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * scale
+                totals[k] = totals.get(k, 0.0) + v.detach() * scale
             for k, v in out.stats.items():
-                totals[f"codebook/{k}"] = totals.get(f"codebook/{k}", 0.0) + float(v) * scale
+                totals[f"codebook/{k}"] = totals.get(f"codebook/{k}", 0.0) + v.detach().float() * scale
             self.counters.images_seen += x.shape[0] * dist.world_size()
 
         gnorm = _grad_norm(self.gen_params, self.grad_clip)
-        finite &= bool(torch.isfinite(gnorm))
-        finite = dist.all_true(finite, self.device)  # every replica steps or every replica skips
-        totals["grad_norm"] = float(gnorm)
+        # the step's one host sync: whether every loss and the gradient norm are finite
+        finite = dist.all_true(bool(ok & torch.isfinite(gnorm)), self.device)  # every replica steps or skips
+        totals["grad_norm"] = gnorm.detach()
         totals["lr"] = lr
 
         disc_stepped = False
@@ -297,7 +324,7 @@ class Trainer:
         self.counters.step += 1
         return StepResult(totals, finite, disc_stepped, micro[-1][1], micro[-1][0])
 
-    def _train_discriminator(self, step: int, micro, totals: dict[str, float]) -> bool:
+    def _train_discriminator(self, step: int, micro, totals: dict[str, torch.Tensor | float]) -> bool:
         assert self.discriminator is not None and self.opt_d is not None and self.gan is not None
         self.discriminator.requires_grad_(True)
         snapshot = _snapshot(self.discriminator)
@@ -306,23 +333,22 @@ class Trainer:
         # see the adversarial term yet
         override = self.gan.disc_factor if step < self.gan.disc_start else None
         scale = 1.0 / len(micro)
-        finite = True
-        d_terms: dict[str, float] = {}
+        ok = torch.ones((), dtype=torch.bool, device=self.device)
+        d_terms: dict[str, torch.Tensor] = {}
         for i, (x, recon) in enumerate(micro):
             with self._sync_context(self.discriminator, i == len(micro) - 1):
                 d_loss = discriminator_step(self.objective, self.discriminator, x, recon, step,
                                             factor_override=override, precision=self.precision, loss_scale=scale)
-            finite &= bool(torch.isfinite(d_loss.total.detach()))
+            ok = ok & torch.isfinite(d_loss.total.detach())
             for k, v in d_loss.terms.items():
-                d_terms[k] = d_terms.get(k, 0.0) + float(v) * scale
+                d_terms[k] = d_terms.get(k, 0.0) + v.detach() * scale
         dnorm = _grad_norm(self.disc_params, self.grad_clip)
-        finite &= bool(torch.isfinite(dnorm))
-        finite = dist.all_true(finite, self.device)
+        finite = dist.all_true(bool(ok & torch.isfinite(dnorm)), self.device)
         if finite:
             self.opt_d.step()
             self.counters.disc_steps += 1
             totals.update(d_terms)
-            totals["disc_grad_norm"] = float(dnorm)
+            totals["disc_grad_norm"] = dnorm.detach()
         else:
             self.opt_d.zero_grad(set_to_none=True)
             _restore(self.discriminator, snapshot)
@@ -336,7 +362,8 @@ class Trainer:
         c = self.counters
         self.logger.start_progress(c.step)
         tp = Throughput()
-        window: dict[str, float] = {}
+        window: dict[str, torch.Tensor | float] = {}  # summed on the device, read once per log interval
+        shown: dict[str, float] = {}  # the losses the progress bar shows (those of the last log interval)
         n_window = 0
         t_start = time.perf_counter()
         while c.step < self.num_steps:
@@ -353,15 +380,18 @@ class Trainer:
                         "or use train.precision: fp32; resume with --resume once changed."
                     )
             else:
-                for k, v in res.terms.items():
+                for k, v in res.device_terms.items():
                     window[k] = window.get(k, 0.0) + v
                 n_window += 1
             steps_s, img_s = tp.rates()
-            self.logger.progress(step, {"loss": res.terms.get("total_loss", float("nan")),
-                                        "rec": res.terms.get("rec_loss", float("nan")), "it/s": steps_s, "img/s": img_s})
-            if n_window and (step % self.log_every == 0 or step == self.num_steps):
+            log_now = n_window and (step % self.log_every == 0 or step == self.num_steps)
+            if log_now:
+                mean = floats({k: v / n_window for k, v in window.items()})  # the interval's one host transfer
+                shown = {"loss": mean.get("total_loss", float("nan")), "rec": mean.get("rec_loss", float("nan"))}
+            self.logger.progress(step, {**shown, "it/s": steps_s, "img/s": img_s})
+            if log_now:
                 # losses and codebook stats averaged over ranks (each rank saw its own part of the global batch)
-                avg = dist.all_reduce_mean_dict({k: v / n_window for k, v in window.items()}, self.device)
+                avg = dist.all_reduce_mean_dict(mean, self.device)
                 avg.update({"steps_per_s": steps_s, "images_per_s": img_s, "disc_steps": float(c.disc_steps),
                             "skipped_steps": float(c.skipped_steps),
                             "data_skipped_files": float(getattr(self.stream, "skipped_files", 0))})
@@ -431,8 +461,10 @@ class Trainer:
     def load_training_state(self, state: dict) -> None:
         self.counters = Counters(**state["counters"])
         self.opt_g.load_state_dict(state["opt_g"])
+        match_param_layout(self.opt_g)  # channels_last parameters: their Adam moments in the same layout
         if self.opt_d is not None:
             self.opt_d.load_state_dict(state["opt_d"])
+            match_param_layout(self.opt_d)
         self.stream.load_state_dict(state["data"])
         self._last_val = state.get("last_val", {})
         per_rank = state.get("rng_per_rank")
