@@ -264,3 +264,85 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
     ckdir = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckdir.glob("step_*")) == ["step_00000001"]
     assert (ckdir / "latest").read_text().strip() == "step_00000001"
+
+
+# --- a skipped step restores everything it touched (k-means, ActNorm, discriminator buffers) -----------------------
+
+def _nan_generator_loss(monkeypatch, bad_steps: set[int], poison_recon: bool = False):
+    real = objective_mod.VQGANObjective.generator_loss
+
+    def flaky(self, x, out, step, last_layer, discriminator):
+        if poison_recon and step in bad_steps:  # the discriminator sees a non-finite reconstruction
+            out.reconstruction = out.reconstruction * float("nan")
+        res = real(self, x, out, step, last_layer, discriminator)
+        if step in bad_steps:
+            res.total = res.total * float("nan")
+        return res
+
+    monkeypatch.setattr(objective_mod.VQGANObjective, "generator_loss", flaky)
+
+
+@pytest.mark.parametrize("variant", ["VQModel", "EMAVQ"])
+def test_nan_at_the_kmeans_step_restores_the_codebook_and_reruns_kmeans(tmp_path, monkeypatch, variant):
+    _nan_generator_loss(monkeypatch, {0})
+    run = _run(tmp_path, model={"variant": variant, "quantizer": {"kmeans_init": True, "kmeans_iters": 2}},
+               loss={"use_gan": False}, train={"num_steps": 2, "save_interval": 2})
+    t = run.trainer
+    q = t.raw_model.quantize
+    before = q.codebook.detach().clone()
+    t.train_step()  # k-means fires in this forward, then the loss is NaN: skipped
+    assert t.counters.skipped_steps == 1
+    assert torch.equal(q.codebook, before)  # not the k-means codebook of a skipped step
+    assert not bool(q.maintenance.kmeans_done) and not q.maintenance._kmeans_known_done
+    t.train_step()  # finite: k-means runs now, in this process
+    assert bool(q.maintenance.kmeans_done) and not torch.equal(q.codebook, before)
+    run.logger.close()
+
+
+def test_nan_mid_kmeans_collection_restores_the_collected_batches(tmp_path, monkeypatch):
+    _nan_generator_loss(monkeypatch, {1})
+    run = _run(tmp_path, model={"quantizer": {"kmeans_init": True, "kmeans_iters": 2, "kmeans_batches": 3}},
+               loss={"use_gan": False}, train={"num_steps": 3, "save_interval": 3})
+    t = run.trainer
+    m = t.raw_model.quantize.maintenance
+    t.train_step()
+    assert len(m._collected) == 1
+    t.train_step()  # skipped: its (non-finite step's) batch is not kept for k-means
+    assert len(m._collected) == 1 and t.counters.skipped_steps == 1
+    run.logger.close()
+
+
+@pytest.mark.parametrize("disc_norm", ["act", "batch"])
+def test_nan_reconstruction_at_the_first_adversarial_step_leaves_the_discriminator_untouched(
+        tmp_path, monkeypatch, disc_norm):
+    _nan_generator_loss(monkeypatch, {0}, poison_recon=True)
+    run = _run(tmp_path, loss={"disc_start": 0, "disc_norm": disc_norm},
+               train={"num_steps": 3, "save_interval": 3})
+    t = run.trainer
+    d = getattr(t.discriminator, "module", t.discriminator)
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    t.train_step()
+    assert t.counters.skipped_steps == 1
+    after = d.state_dict()
+    for k, v in before.items():  # parameters (ActNorm loc/scale) and buffers (initialized, BN running stats)
+        assert torch.equal(after[k], v), k
+    if disc_norm == "act":
+        norms = [m for m in d.modules() if hasattr(m, "_known_initialized")]
+        assert norms and all(not m._known_initialized and int(m.initialized) == 0 for m in norms)
+    t.train_step()  # a finite step initialises ActNorm from finite data and trains on
+    assert t.counters.skipped_steps == 1
+    assert all(torch.isfinite(v).all() for v in d.state_dict().values() if v.is_floating_point())
+    if disc_norm == "act":
+        assert all(int(m.initialized) == 1 for m in d.modules() if hasattr(m, "_known_initialized"))
+    run.logger.close()
+
+
+def test_actnorm_does_not_initialise_from_a_non_finite_batch():
+    from vqforge.losses.discriminator import ActNorm
+
+    norm = ActNorm(3).train()
+    norm(torch.full((2, 3, 4, 4), float("nan")))
+    assert int(norm.initialized) == 0 and torch.equal(norm.loc, torch.zeros_like(norm.loc))
+    x = torch.randn(2, 3, 4, 4)
+    norm(x)
+    assert int(norm.initialized) == 1 and torch.allclose(norm.loc.flatten(), -x.transpose(0, 1).reshape(3, -1).mean(1))

@@ -172,6 +172,14 @@ class CodebookMaintenance(nn.Module):
         self._kmeans_known_done = False
         self._collected = []
 
+    # host-side state a skipped training step puts back (train/snapshot.py); collected tensors are never modified
+    def host_state(self) -> tuple[bool, list[torch.Tensor]]:
+        return self._kmeans_known_done, list(self._collected)
+
+    def load_host_state(self, state: tuple[bool, list[torch.Tensor]]) -> None:
+        self._kmeans_known_done, collected = state
+        self._collected = list(collected)
+
     def kmeans_step(self, z_flat: torch.Tensor) -> CodeUpdate | None:
         """Collect (N, C) encoder outputs; on the kmeans_batches-th call return the k-means codebook (once per run)."""
         if not self.cfg.kmeans_init or self._kmeans_known_done:

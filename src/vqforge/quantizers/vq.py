@@ -74,6 +74,10 @@ class CodebookQuantizer(Quantizer):
         """(K, C) codebook."""
         raise NotImplementedError
 
+    def in_place_parameters(self) -> list[torch.Tensor]:
+        """Parameters a training forward overwrites (k-means, restarts): a skipped step restores them."""
+        return [self.codebook] if self.maintenance is not None else []
+
     def _write_codes(self, update: CodeUpdate) -> None:
         """Overwrite codebook rows chosen by maintenance."""
         raise NotImplementedError

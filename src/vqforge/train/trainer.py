@@ -25,6 +25,7 @@ from .ema import WeightEMA
 from ..eval.report import reconstruction_grid
 from .logger import RunLogger, Throughput
 from .schedules import lr_factor
+from .snapshot import StepSnapshot
 from .state import rng_state, set_rng_state
 
 
@@ -134,21 +135,12 @@ def _grad_norm(params: list[torch.Tensor], max_norm: float | None) -> torch.Tens
     return torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm is not None else math.inf, foreach=True)
 
 
-def _non_trainable_tensors(module: nn.Module | None) -> list[torch.Tensor]:
-    """Buffers and frozen parameters: what a forward pass may update in place (EMA codebooks, BatchNorm stats)."""
-    if module is None:
-        return []
-    return [t for t in module.buffers()] + [p for p in module.parameters() if not p.requires_grad]
+def _snapshot(*modules: nn.Module | None) -> StepSnapshot:
+    return StepSnapshot(*modules)
 
 
-def _snapshot(module: nn.Module | None) -> list[torch.Tensor]:
-    return [t.detach().clone() for t in _non_trainable_tensors(module)]
-
-
-@torch.no_grad()
-def _restore(module: nn.Module | None, snapshot: list[torch.Tensor]) -> None:
-    for t, s in zip(_non_trainable_tensors(module), snapshot):
-        t.copy_(s)
+def _restore(snapshot: StepSnapshot) -> None:
+    snapshot.restore()
 
 
 def _unwrap(m: nn.Module | None) -> nn.Module | None:
@@ -246,8 +238,9 @@ class Trainer:
         step = self.counters.step
         self.raw_model.set_step(step)
         lr = self._set_lr(step)
-        # in-place state that a non-finite step must not corrupt (EMA codebooks, BatchNorm running stats)
-        snapshot = _snapshot(self.model)
+        # in-place state that a non-finite step must not corrupt (EMA codebooks, k-means, BatchNorm running stats,
+        # ActNorm): the generator step runs the discriminator in train mode, so its state is saved too
+        snapshot = _snapshot(self.model, _unwrap(self.discriminator))
         self.opt_g.zero_grad(set_to_none=True)
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)  # the generator step needs no discriminator weight gradients
@@ -287,7 +280,7 @@ class Trainer:
             self.counters.bad_in_a_row = 0
         else:
             self.opt_g.zero_grad(set_to_none=True)
-            _restore(self.model, snapshot)
+            _restore(snapshot)
             self.counters.skipped_steps += 1
             self.counters.bad_in_a_row += 1
         totals.setdefault("disc_factor", 0.0)
@@ -325,7 +318,7 @@ class Trainer:
             totals["disc_grad_norm"] = float(dnorm)
         else:
             self.opt_d.zero_grad(set_to_none=True)
-            _restore(self.discriminator, snapshot)
+            _restore(snapshot)
             self.counters.skipped_steps += 1
             self.logger.info(f"step {step}: non-finite discriminator loss or gradient; discriminator step skipped")
         return finite
