@@ -346,3 +346,61 @@ def test_actnorm_does_not_initialise_from_a_non_finite_batch():
     x = torch.randn(2, 3, 4, 4)
     norm(x)
     assert int(norm.initialized) == 1 and torch.allclose(norm.loc.flatten(), -x.transpose(0, 1).reshape(3, -1).mean(1))
+
+
+def test_adamw_decays_only_weight_matrices_outside_the_quantizer(tmp_path):
+    run = _run(tmp_path, model={"variant": "VQModel"}, loss={"use_gan": True},
+               train={"optimizer": "adamw", "weight_decay": 0.1})
+    t = run.trainer
+    names = {id(p): n for n, p in t.raw_model.named_parameters()}
+    decayed = {names[id(p)] for g in t.opt_g.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {names[id(p)] for g in t.opt_g.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert "quantize.embedding.weight" in plain and "quantize.embedding.weight" not in decayed
+    assert decayed and all(t.raw_model.get_parameter(n).dim() >= 2 and not n.startswith("quantize.") for n in decayed)
+    assert any(n.endswith(".bias") for n in plain) and any("norm" in n for n in plain)
+    assert decayed | plain == {n for n, p in t.raw_model.named_parameters() if p.requires_grad}
+    # the codebook is not pulled towards 0 when its gradient is zero (AdamW would shrink it by lr * wd each step)
+    cb = t.raw_model.quantize.embedding.weight
+    before = cb.detach().clone()
+    cb.grad = torch.zeros_like(cb)
+    t.opt_g.step()
+    assert torch.equal(cb, before)
+    d_groups = [g["weight_decay"] for g in t.opt_d.param_groups]
+    assert d_groups == [0.1, 0.0]
+    run.logger.close()
+
+
+def test_optimizer_state_saved_with_one_group_loads_into_the_decay_groups(tmp_path):
+    from vqforge.train.optim import load_optimizer_state
+
+    run = _run(tmp_path, loss={"use_gan": False}, train={"optimizer": "adamw", "weight_decay": 0.1})
+    t = run.trainer
+    params = t.gen_params
+    old = torch.optim.AdamW(params, lr=1e-3)  # the layout of checkpoints written before the groups
+    for p in params:
+        p.grad = torch.randn_like(p)
+    old.step()
+    load_optimizer_state(t.opt_g, old.state_dict(), params)
+    for p in params:
+        assert torch.equal(t.opt_g.state[p]["exp_avg"], old.state[p]["exp_avg"])
+    assert [g["weight_decay"] for g in t.opt_g.param_groups] == [0.1, 0.0]
+    run.logger.close()
+
+
+def test_gan_with_a_frozen_decoder_last_layer_is_refused_at_build(tmp_path, monkeypatch):
+    import vqforge.train.build as build_mod
+    from vqforge.errors import ConfigError
+
+    real = build_mod.build_model
+
+    def frozen_last(cfg):
+        model = real(cfg)
+        model.last_layer.requires_grad_(False)  # e.g. an encoder-only fine-tune
+        return model
+
+    monkeypatch.setattr(build_mod, "build_model", frozen_last)
+    with pytest.raises(ConfigError, match="loss.use_gan") as e:
+        _run(tmp_path)
+    assert "last layer is frozen" in str(e.value) and "use_gan: false" in str(e.value)
+    run = _run(tmp_path, "nogan", loss={"use_gan": False})  # without the GAN a frozen last layer is fine
+    run.logger.close()

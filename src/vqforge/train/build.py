@@ -22,6 +22,7 @@ from ..models.registry import build as build_model
 from .checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
 from .ema import WeightEMA
 from .logger import RunLogger
+from .optim import decay_groups
 from .trainer import GanSchedule, LRPlan, Trainer
 from .validation import make_validation_fn
 
@@ -51,9 +52,18 @@ def effective_lr(cfg: Config) -> float:
     return t.base_learning_rate * cfg.data.batch_size * dist.world_size() * t.grad_accum_steps
 
 
-def _optimizer(kind: str, params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
+def _optimizer(kind: str, module: nn.Module, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return cls(decay_groups(module, weight_decay), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+
+
+def check_gan_last_layer(model: nn.Module, use_gan: bool) -> None:
+    """The adaptive GAN weight is a ratio of gradient norms at the decoder's last layer: it needs that layer trained."""
+    last = getattr(model, "last_layer", None)
+    if use_gan and isinstance(last, torch.Tensor) and not last.requires_grad:
+        raise ConfigError("loss.use_gan", "is true but the decoder's last layer is frozen, so the adaptive GAN weight "
+                          "(a ratio of gradient norms at that layer) cannot be computed",
+                          "train the decoder's last layer, or set loss.use_gan: false")
 
 
 def check_resume_compatible(saved_cfg: Config, cfg: Config) -> list[str]:
@@ -116,9 +126,10 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     ema = WeightEMA(model, t.ema_decay) if t.ema_decay is not None else None
     train_model: nn.Module = dist.wrap_ddp(model, device)
     train_disc = dist.wrap_ddp(discriminator, device) if discriminator is not None else None
-    opt_g = _optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], lr, t.betas, t.weight_decay)
+    check_gan_last_layer(model, lc.use_gan)
+    opt_g = _optimizer(t.optimizer, model, lr, t.betas, t.weight_decay)
     disc_lr = t.disc_lr if t.disc_lr is not None else lr
-    opt_d = (_optimizer(t.optimizer, [p for p in discriminator.parameters() if p.requires_grad], disc_lr, t.disc_betas, t.weight_decay)
+    opt_d = (_optimizer(t.optimizer, discriminator, disc_lr, t.disc_betas, t.weight_decay)
              if discriminator is not None else None)
     gan = (GanSchedule(lc.disc_start, t.disc_update_every, t.disc_warmup_steps, lc.disc_factor)
            if discriminator is not None else None)

@@ -24,6 +24,7 @@ from .checkpoint import Checkpointer
 from .ema import WeightEMA
 from ..eval.report import reconstruction_grid
 from .logger import RunLogger, Throughput
+from .optim import load_optimizer_state
 from .schedules import lr_factor
 from .snapshot import StepSnapshot
 from .state import rng_state, set_rng_state
@@ -422,9 +423,9 @@ class Trainer:
 
     def load_training_state(self, state: dict) -> None:
         self.counters = Counters(**state["counters"])
-        self.opt_g.load_state_dict(state["opt_g"])
+        load_optimizer_state(self.opt_g, state["opt_g"], self.gen_params)
         if self.opt_d is not None:
-            self.opt_d.load_state_dict(state["opt_d"])
+            load_optimizer_state(self.opt_d, state["opt_d"], self.disc_params)
         self.stream.load_state_dict(state["data"])
         self._last_val = state.get("last_val", {})
         per_rank = state.get("rng_per_rank")
