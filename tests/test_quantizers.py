@@ -621,3 +621,54 @@ def test_codebooks_stay_identical_across_two_gloo_ranks() -> None:
         s1 = torch.load(os.path.join(tmp, "rank1.pt"))
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k
+
+
+def test_nearest_code_runs_at_full_fp32_precision_under_tf32_settings(monkeypatch):
+    import vqforge.quantizers.maintenance as maint
+
+    seen = []
+    real = maint.squared_distances
+
+    def spy(z, e):
+        seen.append(torch.get_float32_matmul_precision())
+        return real(z, e)
+
+    monkeypatch.setattr(maint, "squared_distances", spy)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # what Lightning recommends on GPUs: TF32 matmuls
+        z, e = torch.randn(5, 4), torch.randn(7, 4)
+        got = maint.nearest_code(z, e)
+        assert seen == ["highest"]  # distances computed without TF32
+        assert torch.get_float32_matmul_precision() == "high"  # the caller's setting is back afterwards
+        assert torch.equal(got, torch.cdist(z.double(), e.double()).argmin(dim=1))
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("bad", [-1, 16])
+def test_indices_out_of_range_are_an_error_before_lookup(bad):
+    from vqforge.quantizers.vq import VectorQuantizer
+
+    q = VectorQuantizer(16, 4)
+    idx = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert q.codes_from_indices(idx).shape == (1, 4, 2, 2)
+    idx[0, 1, 1] = bad
+    with pytest.raises(ValueError, match="out of range.*16 codes"):
+        q.codes_from_indices(idx)
+    with pytest.raises(ValueError, match="integers"):
+        q.codes_from_indices(idx.float())
+
+
+def test_model_decode_checks_index_range_for_residual_levels():
+    from conftest import tiny_config
+    from vqforge.models.registry import build as build_model
+
+    cfg = tiny_config(model={"variant": "VQModel", "quantizer": {"rvq_levels": 2}})
+    model = build_model(cfg.model).eval()
+    idx = torch.zeros(1, 2, 8, 8, dtype=torch.long)
+    with torch.no_grad():
+        assert model.decode(idx).shape[0] == 1
+        idx[0, 1, 0, 0] = 32  # level 1 out of range (K = 32)
+        with pytest.raises(ValueError, match="out of range"):
+            model.decode(idx)

@@ -11,6 +11,8 @@ streams in step) and then rank 0's result is broadcast, so the codebook stays id
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,13 +64,29 @@ def squared_distances(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Ten
     )
 
 
+@contextlib.contextmanager
+def _full_fp32_matmul():
+    """float32 matmuls at full precision (no TF32 / reduced-precision kernels) inside, the caller's setting after."""
+    before = torch.get_float32_matmul_precision()
+    if before == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def nearest_code(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row for each row of `z_flat`: (N, C), (K, C) -> (N,) int64.
 
-    Always float32 with autocast off (bf16 distances pick wrong codes). Ties go to the lowest index (torch.argmin),
-    as in taming-transformers. Large batches are processed in row chunks so the (N, K) matrix stays bounded.
+    Always float32 with autocast off (bf16 distances pick wrong codes) and at full float32 matmul precision, also
+    after `torch.set_float32_matmul_precision("high")` (TF32 keeps a 10-bit mantissa, which changes argmins). Ties go
+    to the lowest index (torch.argmin), as in taming-transformers. Large batches are processed in row chunks so the
+    (N, K) matrix stays bounded.
     """
-    with torch.no_grad(), torch.autocast(device_type=z_flat.device.type, enabled=False):
+    with torch.no_grad(), torch.autocast(device_type=z_flat.device.type, enabled=False), _full_fp32_matmul():
         z = z_flat.float()
         e = codebook.float()
         rows = _chunk_rows(e.shape[0])
