@@ -223,7 +223,8 @@ def test_weight_ema_follows_the_formula(tmp_path):
     after = run.trainer.raw_model.state_dict()
     ema = run.trainer.ema.state_dict()
     k = "decoder.conv_out.weight"
-    assert torch.allclose(ema[k], 0.75 * before[k] + 0.25 * after[k], atol=1e-7)
+    d = min(0.75, (1 + 0) / (10 + 0))  # warm-up at step 0
+    assert torch.allclose(ema[k], d * before[k] + (1 - d) * after[k], atol=1e-7)
     assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "model_ema.safetensors").exists()
 
 
@@ -403,4 +404,33 @@ def test_gan_with_a_frozen_decoder_last_layer_is_refused_at_build(tmp_path, monk
         _run(tmp_path)
     assert "last layer is frozen" in str(e.value) and "use_gan: false" in str(e.value)
     run = _run(tmp_path, "nogan", loss={"use_gan": False})  # without the GAN a frozen last layer is fine
+    run.logger.close()
+
+
+def test_weight_ema_copies_codebook_state_and_warms_up(tmp_path):
+    from vqforge.train.ema import WeightEMA, ema_decay_at
+
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1) and ema_decay_at(0.999, 10**6) == 0.999
+    run = _run(tmp_path, model={"variant": "EMAVQ", "quantizer": {"kmeans_init": True, "kmeans_iters": 2}},
+               loss={"use_gan": False}, train={"num_steps": 2, "ema_decay": 0.999})
+    t = run.trainer
+    model = t.raw_model
+    ema = WeightEMA(model, 0.999)
+    t.train_step()  # k-means moves the EMA codebook far from its random init
+    ema.update(model, 0)
+    shadow = ema.state_dict()
+    grad_free = {n for n, p in model.named_parameters() if not p.requires_grad} | {n for n, _ in model.named_buffers()}
+    assert any(n.startswith("quantize.") for n in grad_free)
+    for n in grad_free:  # EMA codebook (weight, cluster_size, embed_avg), k-means flag: copied, not averaged
+        assert torch.equal(shadow[n], model.state_dict()[n]), n
+    # trainable weights are averaged with the warmed-up decay; at a late step with the configured one
+    before = {k: v.clone() for k, v in shadow.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    ema.update(model, 10**6)
+    k = "decoder.conv_out.weight"
+    now = model.state_dict()[k]
+    assert torch.allclose(ema.state_dict()[k], before[k] + (1 - 0.999) * (now - before[k]), atol=1e-6)
     run.logger.close()

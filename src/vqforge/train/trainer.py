@@ -275,7 +275,7 @@ class Trainer:
         if finite:
             self.opt_g.step()
             if self.ema is not None:
-                self.ema.update(self.raw_model)
+                self.ema.update(self.raw_model, step)
             if self.gan is not None and self.gan.trains_at(step):
                 disc_stepped = self._train_discriminator(step, micro, totals)
             self.counters.bad_in_a_row = 0
