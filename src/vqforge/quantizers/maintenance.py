@@ -166,6 +166,10 @@ class CodeUpdate:
     counts: torch.Tensor  # (M,)
 
 
+# k-means initialisation waits for at least this many encoder vectors per code (over all ranks)
+KMEANS_MIN_ROWS_PER_CODE = 4
+
+
 class CodebookMaintenance(nn.Module):
     """Runs k-means initialisation and dead-code restarts for one codebook of K codes.
 
@@ -181,7 +185,8 @@ class CodebookMaintenance(nn.Module):
             self.register_buffer("kmeans_done", torch.zeros((), dtype=torch.bool))
         if cfg.restart_unused_steps > 0:
             self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))
-        # encoder outputs collected for k-means; not checkpointed: a run resumed before k-means ran collects again
+        # encoder outputs collected for k-means (from every rank); not checkpointed: a run resumed before k-means ran
+        # collects again from the resumed step, so resume is exact only from a checkpoint after k-means ran
         self._collected: list[torch.Tensor] = []
         self._kmeans_known_done = False  # host-side mirror of kmeans_done, avoids a device sync every step
 
@@ -199,20 +204,26 @@ class CodebookMaintenance(nn.Module):
         self._collected = list(collected)
 
     def kmeans_step(self, z_flat: torch.Tensor) -> CodeUpdate | None:
-        """Collect (N, C) encoder outputs; on the kmeans_batches-th call return the k-means codebook (once per run)."""
+        """Collect (N, C) encoder outputs of every rank; once at least kmeans_batches calls and at least
+        KMEANS_MIN_ROWS_PER_CODE x K vectors are collected, return the k-means codebook (once per run)."""
         if not self.cfg.kmeans_init or self._kmeans_known_done:
             return None
         if bool(self.kmeans_done):
             self._kmeans_known_done = True
             return None
-        self._collected.append(z_flat.detach().float())
-        if len(self._collected) < self.cfg.kmeans_batches:
+        # every rank's vectors (identical list on all ranks): k-means sees all the data the run has
+        self._collected.append(distributed.all_gather_rows(z_flat.detach().float()))
+        rows = sum(c.shape[0] for c in self._collected)
+        # fewer vectors than a few per code leave codes duplicated (k-means++ runs out of distinct rows): keep
+        # collecting batches past kmeans_batches until there are enough
+        if len(self._collected) < self.cfg.kmeans_batches or rows < KMEANS_MIN_ROWS_PER_CODE * self.num_codes:
             return None
+        batches = len(self._collected)
         data = torch.cat(self._collected)
         self._collected = []
         centroids, counts = kmeans(data, self.num_codes, self.cfg.kmeans_iters)
-        # counts per batch, so an EMA codebook starts at its steady-state scale
-        counts = counts / self.cfg.kmeans_batches
+        # counts per training batch summed over ranks: the scale of an EMA codebook's all-reduced cluster sizes
+        counts = counts / batches
         distributed.broadcast(centroids)
         distributed.broadcast(counts)
         self.kmeans_done.fill_(True)
