@@ -434,3 +434,60 @@ def test_weight_ema_copies_codebook_state_and_warms_up(tmp_path):
     now = model.state_dict()[k]
     assert torch.allclose(ema.state_dict()[k], before[k] + (1 - 0.999) * (now - before[k]), atol=1e-6)
     run.logger.close()
+
+
+# --- checkpoints: durable, `latest` always valid, resume falls back past a damaged newest checkpoint -----------------
+
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path):
+    cfg = dict(loss={"use_gan": False}, train={"num_steps": 4, "save_interval": 2, "keep_last": 3})
+    _fit(_run(tmp_path, **cfg))
+    ckdir = tmp_path / "run" / "checkpoints"
+    newest = ckdir / "step_00000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated copy
+    with pytest.warns(UserWarning, match="step_00000004") as w:
+        run = _run(tmp_path, resume=str(tmp_path / "run"), **{**cfg, "train": {**cfg["train"], "num_steps": 6}})
+    assert "step_00000002" in str(w[0].message)
+    assert run.trainer.counters.step == 2
+    run.logger.close()
+    # `latest` naming a directory that is gone: the newest intact one as well
+    (ckdir / "latest").write_text("step_00000099\n")
+    with pytest.warns(UserWarning, match="step_00000099"):
+        run = _run(tmp_path, resume=str(tmp_path / "run"), **cfg)
+    assert run.trainer.counters.step == 2
+    run.logger.close()
+    # a damaged checkpoint named directly is an error, not a silent substitute
+    with pytest.raises(CheckpointError, match="step_00000004"):
+        _run(tmp_path, "direct", resume=str(ckdir / "step_00000004"), **cfg)
+
+
+def test_resaving_a_step_never_leaves_latest_naming_a_missing_directory(tmp_path, monkeypatch):
+    import vqforge.train.checkpoint as ckpt_mod
+
+    cfg = dict(loss={"use_gan": False}, train={"num_steps": 4, "save_interval": 2, "keep_last": 3})
+    _fit(_run(tmp_path, **cfg))
+    ckdir = tmp_path / "run" / "checkpoints"
+    real = ckpt_mod.commit_dir
+    seen = []
+
+    def checking(tmp, final):
+        named = (ckdir / "latest").read_text().strip() if (ckdir / "latest").exists() else None
+        seen.append((final.name, named))
+        assert named != final.name  # the directory about to be swapped is not the one `latest` names
+        real(tmp, final)
+
+    monkeypatch.setattr(ckpt_mod, "commit_dir", checking)
+    run = _run(tmp_path, resume=str(ckdir / "step_00000002"), **cfg)  # resumes at 2 and re-saves step 4
+    _fit(run)
+    assert ("step_00000004", "step_00000002") in seen
+    assert (ckdir / "latest").read_text().strip() == "step_00000004"
+
+
+def test_rng_state_saves_only_this_ranks_cuda_device(monkeypatch):
+    from vqforge.train import state as state_mod
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("saved every visible device"))
+    s = state_mod.rng_state()
+    assert torch.equal(s["cuda"], torch.tensor([7], dtype=torch.uint8))

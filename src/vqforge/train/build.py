@@ -19,7 +19,7 @@ from ..data import build_train_stream, build_val_loader, check_data_config
 from ..errors import CheckpointError, ConfigError
 from ..losses.objective import build_discriminator, build_objective
 from ..models.registry import build as build_model
-from .checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
+from .checkpoint import Checkpointer, load_resume_checkpoint
 from .ema import WeightEMA
 from .logger import RunLogger
 from .optim import decay_groups
@@ -103,7 +103,7 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
         from ..models.previous import read_previous_checkpoint
 
         previous = read_previous_checkpoint(resume)  # read before anything is built: a bad file fails fast
-    resume_ckpt = load_checkpoint(resolve_checkpoint(resume)) if resume and previous is None else None
+    resume_ckpt = load_resume_checkpoint(resume) if resume and previous is None else None
 
     seed_everything(t.seed)  # identical initial weights on every rank
     model = build_model(cfg.model).to(device)
