@@ -491,3 +491,47 @@ def test_rng_state_saves_only_this_ranks_cuda_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("saved every visible device"))
     s = state_mod.rng_state()
     assert torch.equal(s["cuda"], torch.tensor([7], dtype=torch.uint8))
+
+
+def test_resume_from_an_older_checkpoint_does_not_duplicate_logged_rows(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    # a stand-in wandb module records how runs are opened (wandb itself is not installed here)
+    inits = []
+    fake = types.ModuleType("wandb")
+    fake.util = types.SimpleNamespace(generate_id=lambda: "abc123")
+    fake.Image = lambda grid: grid
+    fake.init = lambda **kw: inits.append(kw) or types.SimpleNamespace(log=lambda *a, **k: None, finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    tb_kwargs = []
+    import torch.utils.tensorboard as tb_mod
+
+    class FakeWriter:
+        def __init__(self, **kw):
+            tb_kwargs.append(kw)
+
+        def add_scalar(self, *a, **k):
+            pass
+
+        def add_image(self, *a, **k):
+            pass
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tb_mod, "SummaryWriter", FakeWriter)
+    cfg = dict(loss={"use_gan": False}, train={"num_steps": 4, "save_interval": 2, "keep_last": 3},
+               log={"wandb": True, "tensorboard": True})
+    _fit(_run(tmp_path, **cfg))
+    ckdir = tmp_path / "run" / "checkpoints"
+    _fit(_run(tmp_path, resume=str(ckdir / "step_00000002"), **cfg))  # steps 3-4 are trained and logged again
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["split"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)), keys  # each (split, step) once
+    assert ("train", 4) in keys and ("train", 1) in keys
+    assert tb_kwargs[0].get("purge_step") is None and tb_kwargs[1]["purge_step"] == 3
+    assert [kw["id"] for kw in inits] == ["abc123", "abc123"] and inits[1]["resume"] == "allow"

@@ -139,8 +139,9 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     stream = build_train_stream(cfg.data, t.seed, dist.rank(), dist.world_size())
     val_loader = build_val_loader(cfg.data, dist.rank(), dist.world_size()) if (cfg.data.val or cfg.data.source != "files") else None
 
+    resume_step = int(resume_ckpt["training_state"]["counters"]["step"]) if resume_ckpt is not None else None
     logger = RunLogger(run_dir, cfg.log, enabled=dist.is_main(), total_steps=t.num_steps, run_name=run_dir.name,
-                       config_dict=config_dict)
+                       config_dict=config_dict, resume_step=resume_step)
     ckpt = Checkpointer(run_dir, keep_last=t.keep_last, best_metric=t.best_metric,
                         enabled=dist.is_main())
     trainer = Trainer(
