@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import io
 import json
 import os
 import pickle
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -427,3 +430,153 @@ def test_load_weights_for_init_from(tmp_path):
         load_weights(build_model(tiny_cfg()), ckpt)  # golden sizes into the tiny model
     with pytest.raises(CheckpointError, match="does not exist"):
         load_weights(golden, tmp_path / "nope.ckpt")
+
+
+# --- safe_pickle: no unbounded allocation (a small crafted file must not make the loader allocate) -----------------
+
+def _proto2(*ops: bytes) -> bytes:
+    return b"\x80\x02" + b"".join(ops) + b"."
+
+
+def _int(n: int) -> bytes:  # LONG1: any size of integer in a few bytes
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw
+
+
+def _refused(tmp_path, payload: bytes, *needles: str) -> str:
+    import resource
+
+    path = tmp_path / "crafted.pt"
+    path.write_bytes(payload)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    # a refusal must come before any allocation: cap the address space so that a real attempt fails fast
+    resource.setrlimit(resource.RLIMIT_AS, (8 << 30, hard))
+    try:
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    msg = str(e.value)
+    assert "not loaded" in msg and "fix:" in msg, msg
+    for needle in needles:
+        assert needle in msg, msg
+    return msg
+
+
+def test_bytearray_bytes_and_range_bombs_are_refused(tmp_path):
+    # bytearray(10**12) / bytes(10**12): ~30 bytes of pickle asking for a terabyte
+    _refused(tmp_path, _proto2(b"c__builtin__\nbytearray\n", _int(10**12), b"\x85R"), "bytearray(1000000000000)")
+    _refused(tmp_path, _proto2(b"c__builtin__\nbytes\n", _int(10**12), b"\x85R"), "bytes(1000000000000)")
+    # list(range(10**10)): range is not allowed at all
+    _refused(tmp_path, _proto2(b"c__builtin__\nlist\n", b"c__builtin__\nxrange\n", _int(10**10), b"\x85R\x85R"),
+             "builtins.range")
+
+
+def test_tensor_type_cannot_be_called_with_a_size(tmp_path):
+    _refused(tmp_path, _proto2(b"ctorch\nTensor\n", _int(10**11), b"\x85R"), "torch.Tensor")
+    # NEWOBJ: torch.Tensor.__new__(torch.Tensor, 10**11)
+    _refused(tmp_path, _proto2(b"ctorch\nTensor\n", _int(10**11), b"\x85\x81"), "torch.Tensor")
+    # numpy.ndarray((10**12,)) and numpy's _reconstruct with a big shape
+    _refused(tmp_path, _proto2(b"cnumpy\nndarray\n", _int(10**12), b"\x85\x85R"), "numpy.ndarray")
+    _refused(tmp_path, _proto2(b"cnumpy.core.multiarray\n_reconstruct\n", b"cnumpy\nndarray\n", _int(10**12),
+                               b"\x85U\x01b\x87R"), "shape")
+
+
+def test_quantized_and_other_size_taking_rebuilds_are_refused(tmp_path):
+    for name in ("_rebuild_qtensor", "_rebuild_sparse_tensor", "_rebuild_nested_tensor", "_rebuild_wrapper_subclass"):
+        _refused(tmp_path, _proto2(b"ctorch._utils\n" + name.encode() + b"\n", b")R"), f"torch._utils.{name}")
+
+
+def test_rebuild_from_type_v2_cannot_set_arbitrary_attributes(tmp_path):
+    # torch._tensor._rebuild_from_type_v2(func, new_type, args, state) runs func(*args) and then setattr for each
+    # state item, outside BUILD's guard: a pickle-chosen func or attribute is refused before anything runs
+    head = b"ctorch._tensor\n_rebuild_from_type_v2\n"
+    func_bytearray = _proto2(head, b"(c__builtin__\nbytearray\nctorch\nTensor\n", _int(8), b"\x85NtR")
+    _refused(tmp_path, func_bytearray, "_rebuild_from_type_v2", "bytearray")
+    # the allowed func and type, with a state that sets a dunder on the result
+    evil_state = b"}X\x09\x00\x00\x00__class__ctorch\nTensor\ns"
+    crafted = _proto2(head, b"(ctorch._utils\n_rebuild_tensor_v2\nctorch\nTensor\n)", evil_state, b"tR")
+    _refused(tmp_path, crafted, "setting attributes", "__class__")
+    # a hook attached by the rebuild is refused as well
+    hooks = _proto2(b"ctorch._utils\n_rebuild_parameter\n(", b"ctorch\nTensor\n", b"\x88",
+                    b"ccollections\nOrderedDict\n)R", b"K\x01c__builtin__\nprint\n", b"s", b"tR")
+    _refused(tmp_path, hooks, "builtins.print")
+
+
+def test_storage_sizes_are_checked_against_the_records(tmp_path):
+    path = tmp_path / "ok.pt"
+    torch.save({"w": torch.arange(4, dtype=torch.float32)}, path)
+    raw = path.read_bytes()
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(4.0))
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        pkl_name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+        pkl = zf.read(pkl_name)
+    # the storage's numel (K\x04) claims 4 floats; ask for 2**40 instead, keeping the record at 16 bytes
+    idx = pkl.index(b"K\x04")
+    big = pkl[:idx] + _int(1 << 40) + pkl[idx + 2:]
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, big if info.filename == pkl_name else src.read(info))
+    _refused(tmp_path, out.getvalue(), "its record holds 16")
+
+
+def test_zip_records_are_checked_against_the_file_size(tmp_path):
+    path = tmp_path / "ok.pt"
+    torch.save({"w": torch.arange(4, dtype=torch.float32)}, path)
+    raw = bytearray(path.read_bytes())
+    # claim a 2**40-byte record in the central directory (and its local header): more than the file holds
+    with zipfile.ZipFile(io.BytesIO(bytes(raw))) as zf:
+        info = next(i for i in zf.infolist() if "/data/" in i.filename)
+    # patch every central-directory entry that names the storage record
+    name = info.filename.encode()
+    pos = 0
+    patched = 0
+    while True:
+        pos = raw.find(b"PK\x01\x02", pos)
+        if pos < 0:
+            break
+        n_len = int.from_bytes(raw[pos + 28:pos + 30], "little")
+        if bytes(raw[pos + 46:pos + 46 + n_len]) == name:
+            raw[pos + 20:pos + 24] = (0xFFFFFFF0).to_bytes(4, "little")  # compressed size
+            raw[pos + 24:pos + 28] = (0xFFFFFFF0).to_bytes(4, "little")  # uncompressed size
+            patched += 1
+        pos += 4
+    assert patched == 1
+    _refused(tmp_path, bytes(raw), "past the end")
+    # a compressed (deflated) record is refused too: torch writes stored records, and inflating is unbounded
+    out = io.BytesIO()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for i in src.infolist():
+            dst.writestr(i.filename, src.read(i), compress_type=zipfile.ZIP_DEFLATED)
+    _refused(tmp_path, out.getvalue(), "compressed")
+
+
+def test_legacy_storage_larger_than_the_file_is_refused(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.arange(4, dtype=torch.float32)}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(path)["w"], torch.arange(4.0))  # the legacy format itself still loads
+    raw = path.read_bytes()
+    idx = raw.index(b"K\x04N")  # numel in the persistent id (then view_metadata None)
+    _refused(tmp_path, raw[:idx] + _int(1 << 40) + raw[idx + 2:], "more than the whole file")
+
+
+def test_lightning_and_numpy_content_still_loads(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    obj = {"state_dict": collections.OrderedDict(w=torch.ones(2, 3), p=torch.nn.Parameter(torch.zeros(3))),
+           "hparams": argparse.Namespace(lr=1e-4), "metric": np.float32(1.5), "arr": np.arange(6).reshape(2, 3),
+           "b": b"\x00\x01", "s": {1, 2}, "fs": frozenset({3}), "steps": [1, 2]}
+    path = tmp_path / "ok.ckpt"
+    torch.save(obj, path)
+    got = load_checkpoint(path)
+    assert torch.equal(got["state_dict"]["w"], torch.ones(2, 3)) and isinstance(got["state_dict"]["p"],
+                                                                                 torch.nn.Parameter)
+    assert got["metric"] == np.float32(1.5) and np.array_equal(got["arr"], np.arange(6).reshape(2, 3))
+    assert got["b"] == b"\x00\x01" and got["s"] == {1, 2} and got["fs"] == frozenset({3})
+    path2 = tmp_path / "ok2.ckpt"
+    torch.save(obj, path2, pickle_protocol=2, _use_new_zipfile_serialization=False)
+    got2 = load_checkpoint(path2)
+    assert got2["b"] == b"\x00\x01" and torch.equal(got2["state_dict"]["w"], torch.ones(2, 3))

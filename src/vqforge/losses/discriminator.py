@@ -36,10 +36,25 @@ class ActNorm(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
         self._known_initialized = False  # re-read the loaded buffer on the next training forward
 
+    # state a skipped training step puts back (train/snapshot.py): the forward writes loc/scale and the mirror
+    def in_place_parameters(self) -> list[torch.Tensor]:
+        return [self.loc, self.scale]
+
+    def host_state(self) -> bool:
+        return self._known_initialized
+
+    def load_host_state(self, state: bool) -> None:
+        self._known_initialized = state
+
     @torch.no_grad()
-    def _initialize(self, x: torch.Tensor) -> None:
+    def _initialize(self, x: torch.Tensor) -> bool:
+        """Data-dependent init from this batch; False (nothing written) when the batch is not finite."""
         c = x.shape[1]
         flat = x.detach().float().transpose(0, 1).reshape(c, -1)  # (C, N*H*W)
+        # a non-finite batch (the step will be skipped) must not become loc/scale for the rest of the run; every
+        # rank decides alike, since rank 0's statistics are broadcast below
+        if not dist.all_true(bool(torch.isfinite(flat).all()), x.device):
+            return False
         mean = flat.mean(dim=1)
         std = flat.std(dim=1)  # unbiased, as the reference
         self.loc.copy_((-mean).view(1, c, 1, 1))
@@ -48,11 +63,13 @@ class ActNorm(nn.Module):
         dist.broadcast(self.loc.data)
         dist.broadcast(self.scale.data)
         self.initialized.fill_(1)
+        return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not self._known_initialized:
             if int(self.initialized.item()) == 0:
-                self._initialize(x)
+                if not self._initialize(x):
+                    return self.scale * (x + self.loc)  # not initialised yet: the next finite batch does it
             self._known_initialized = True
         return self.scale * (x + self.loc)
 

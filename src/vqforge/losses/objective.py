@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..config.schema import LossConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..models.output import TokenizerOutput
 from .adversarial import DISC_LOSSES, adaptive_weight, adopt_weight, generator_adversarial_loss
 from .discriminator import NLayerDiscriminator
@@ -137,6 +137,9 @@ class VQGANObjective(nn.Module):
             if disc_factor > 0:
                 logits_fake = discriminator(recon)  # (N, 1, h, w)
                 g_loss = generator_adversarial_loss(logits_fake.float())
+                if torch.is_grad_enabled() and recon.requires_grad and not last_layer.requires_grad:
+                    raise TrainingError("the decoder's last layer is frozen, so the adaptive GAN weight (its gradient "
+                                        "norm ratio) cannot be computed; unfreeze it or set loss.use_gan: false")
                 # the adaptive weight needs a graph: under torch.no_grad (validation) it is reported as 0
                 if torch.is_grad_enabled() and last_layer.requires_grad and recon.requires_grad:
                     # one backward pass through LPIPS and the discriminator, down to x̂ only, serves both the

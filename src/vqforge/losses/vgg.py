@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILENAME = "vgg16-397923af.pth"
-VGG16_SHA256_PREFIX = "397923af"  # torchvision names its files after the first hex digits of their SHA-256
+# the full SHA-256 of torchvision's file. torchvision names its files after the first 8 hex digits of their SHA-256
+# (397923af); the full digest is the Git LFS object id of a published copy of vgg16-397923af.pth, and agrees with it
+VGG16_SHA256 = "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"
 VGG16_ENV = "VQFORGE_VGG16"
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -122,13 +124,12 @@ def sha256_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
 
 
 def check_vgg16_hash(path: Path) -> None:
-    """Raise ConfigError unless the file's SHA-256 starts with VGG16_SHA256_PREFIX."""
+    """Raise ConfigError unless the file's SHA-256 is VGG16_SHA256 (all 64 hex digits)."""
     digest = sha256_of_file(path)
-    if not digest.startswith(VGG16_SHA256_PREFIX):
+    if digest != VGG16_SHA256:
         raise ConfigError(
             "loss.vgg_path",
-            f"{path} is not torchvision's VGG16 weight file: its SHA-256 is {digest[:16]}..., "
-            f"expected a hash starting with {VGG16_SHA256_PREFIX}",
+            f"{path} is not torchvision's VGG16 weight file: its SHA-256 is {digest}, expected {VGG16_SHA256}",
             f"use the original {VGG16_FILENAME} from {VGG16_URL} (a partial or different download does not work)",
         )
 
@@ -179,13 +180,15 @@ def load_vgg16_weights(path: str | None) -> dict[str, torch.Tensor]:
     """Resolve, hash-check and load torchvision's VGG16 weights -> `features.N.weight/bias` state dict.
 
     `classifier.*` keys are ignored; any other key, a missing conv or a wrong shape is a ConfigError.
-    Loaded with `weights_only=True`: no pickled code runs.
+    Read with vqforge's restricted unpickler (the one checkpoints use): no pickled code runs, no unbounded allocation.
     """
+    from ..safe_pickle import load_checkpoint
+
     file = resolve_vgg16_path(path)
     check_vgg16_hash(file)
     try:
-        raw = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:
+        raw = load_checkpoint(file)
+    except CheckpointError as e:
         raise ConfigError("loss.vgg_path", f"{file} could not be read as a PyTorch state dict ({e})",
                           f"download {VGG16_URL} again") from e
     if not isinstance(raw, dict):

@@ -20,6 +20,7 @@ from torch import nn
 from ..config.schema import FAMILY_ALIASES, VARIANTS_BY_FAMILY, ModelConfig
 from ..errors import ConfigError
 from ..quantizers import Quantizer, QuantizerOutput, build_quantizer
+from ..quantizers.vq import check_index_range
 from .output import TokenizerOutput
 from .registry import register_model
 from .taming_modules import GROUPS, Decoder, Encoder
@@ -128,6 +129,7 @@ class TamingVQGAN(nn.Module):
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, h, w), or (B, D', h, w) with D' <= depth (the first D' residual levels) -> images."""
+        check_index_range(indices, self.quantize.num_codes)  # every level shares K; also covers residual levels
         return self.decode_latent(self.quantize.codes_from_indices(indices))
 
 

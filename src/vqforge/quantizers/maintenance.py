@@ -11,6 +11,8 @@ streams in step) and then rank 0's result is broadcast, so the codebook stays id
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,13 +64,29 @@ def squared_distances(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Ten
     )
 
 
+@contextlib.contextmanager
+def _full_fp32_matmul():
+    """float32 matmuls at full precision (no TF32 / reduced-precision kernels) inside, the caller's setting after."""
+    before = torch.get_float32_matmul_precision()
+    if before == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def nearest_code(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row for each row of `z_flat`: (N, C), (K, C) -> (N,) int64.
 
-    Always float32 with autocast off (bf16 distances pick wrong codes). Ties go to the lowest index (torch.argmin),
-    as in taming-transformers. Large batches are processed in row chunks so the (N, K) matrix stays bounded.
+    Always float32 with autocast off (bf16 distances pick wrong codes) and at full float32 matmul precision, also
+    after `torch.set_float32_matmul_precision("high")` (TF32 keeps a 10-bit mantissa, which changes argmins). Ties go
+    to the lowest index (torch.argmin), as in taming-transformers. Large batches are processed in row chunks so the
+    (N, K) matrix stays bounded.
     """
-    with torch.no_grad(), torch.autocast(device_type=z_flat.device.type, enabled=False):
+    with torch.no_grad(), torch.autocast(device_type=z_flat.device.type, enabled=False), _full_fp32_matmul():
         z = z_flat.float()
         e = codebook.float()
         rows = _chunk_rows(e.shape[0])
@@ -148,6 +166,10 @@ class CodeUpdate:
     counts: torch.Tensor  # (M,)
 
 
+# k-means initialisation waits for at least this many encoder vectors per code (over all ranks)
+KMEANS_MIN_ROWS_PER_CODE = 4
+
+
 class CodebookMaintenance(nn.Module):
     """Runs k-means initialisation and dead-code restarts for one codebook of K codes.
 
@@ -163,7 +185,8 @@ class CodebookMaintenance(nn.Module):
             self.register_buffer("kmeans_done", torch.zeros((), dtype=torch.bool))
         if cfg.restart_unused_steps > 0:
             self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))
-        # encoder outputs collected for k-means; not checkpointed: a run resumed before k-means ran collects again
+        # encoder outputs collected for k-means (from every rank); not checkpointed: a run resumed before k-means ran
+        # collects again from the resumed step, so resume is exact only from a checkpoint after k-means ran
         self._collected: list[torch.Tensor] = []
         self._kmeans_known_done = False  # host-side mirror of kmeans_done, avoids a device sync every step
 
@@ -172,21 +195,35 @@ class CodebookMaintenance(nn.Module):
         self._kmeans_known_done = False
         self._collected = []
 
+    # host-side state a skipped training step puts back (train/snapshot.py); collected tensors are never modified
+    def host_state(self) -> tuple[bool, list[torch.Tensor]]:
+        return self._kmeans_known_done, list(self._collected)
+
+    def load_host_state(self, state: tuple[bool, list[torch.Tensor]]) -> None:
+        self._kmeans_known_done, collected = state
+        self._collected = list(collected)
+
     def kmeans_step(self, z_flat: torch.Tensor) -> CodeUpdate | None:
-        """Collect (N, C) encoder outputs; on the kmeans_batches-th call return the k-means codebook (once per run)."""
+        """Collect (N, C) encoder outputs of every rank; once at least kmeans_batches calls and at least
+        KMEANS_MIN_ROWS_PER_CODE x K vectors are collected, return the k-means codebook (once per run)."""
         if not self.cfg.kmeans_init or self._kmeans_known_done:
             return None
         if bool(self.kmeans_done):
             self._kmeans_known_done = True
             return None
-        self._collected.append(z_flat.detach().float())
-        if len(self._collected) < self.cfg.kmeans_batches:
+        # every rank's vectors (identical list on all ranks): k-means sees all the data the run has
+        self._collected.append(distributed.all_gather_rows(z_flat.detach().float()))
+        rows = sum(c.shape[0] for c in self._collected)
+        # fewer vectors than a few per code leave codes duplicated (k-means++ runs out of distinct rows): keep
+        # collecting batches past kmeans_batches until there are enough
+        if len(self._collected) < self.cfg.kmeans_batches or rows < KMEANS_MIN_ROWS_PER_CODE * self.num_codes:
             return None
+        batches = len(self._collected)
         data = torch.cat(self._collected)
         self._collected = []
         centroids, counts = kmeans(data, self.num_codes, self.cfg.kmeans_iters)
-        # counts per batch, so an EMA codebook starts at its steady-state scale
-        counts = counts / self.cfg.kmeans_batches
+        # counts per training batch summed over ranks: the scale of an EMA codebook's all-reduced cluster sizes
+        counts = counts / batches
         distributed.broadcast(centroids)
         distributed.broadcast(counts)
         self.kmeans_done.fill_(True)

@@ -53,6 +53,19 @@ class FlatQuantized:
     counts: torch.Tensor  # (K,) float32, this process's code histogram
 
 
+def check_index_range(indices: torch.Tensor, num_codes: int) -> None:
+    """Indices from outside (a file, a caller) must be integers in [0, K): checked before a lookup, where an
+    out-of-range index would be a device-side assert on CUDA that poisons the process."""
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
+    if indices.numel() == 0:
+        return
+    lo, hi = int(indices.min()), int(indices.max())
+    if lo < 0 or hi >= num_codes:
+        raise ValueError(f"indices out of range: found values in [{lo}, {hi}], but the codebook has {num_codes} codes "
+                         f"(valid: 0..{num_codes - 1}); the indices were made by another model or the file is damaged")
+
+
 class CodebookQuantizer(Quantizer):
     """Base of quantizers that pick the nearest row of a (K, C) codebook.
 
@@ -73,6 +86,10 @@ class CodebookQuantizer(Quantizer):
     def codebook(self) -> torch.Tensor:
         """(K, C) codebook."""
         raise NotImplementedError
+
+    def in_place_parameters(self) -> list[torch.Tensor]:
+        """Parameters a training forward overwrites (k-means, restarts): a skipped step restores them."""
+        return [self.codebook] if self.maintenance is not None else []
 
     def _write_codes(self, update: CodeUpdate) -> None:
         """Overwrite codebook rows chosen by maintenance."""
@@ -134,6 +151,7 @@ class CodebookQuantizer(Quantizer):
             indices = indices[:, 0]
         if indices.dim() != 3:
             raise ValueError(f"expected indices of shape (B, H, W), got {tuple(indices.shape)}")
+        check_index_range(indices, self.num_codes)
         return self.lookup(indices).permute(0, 3, 1, 2).contiguous()
 
 

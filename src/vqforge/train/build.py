@@ -19,9 +19,10 @@ from ..data import build_train_stream, build_val_loader, check_data_config
 from ..errors import CheckpointError, ConfigError
 from ..losses.objective import build_discriminator, build_objective
 from ..models.registry import build as build_model
-from .checkpoint import Checkpointer, load_checkpoint, resolve_checkpoint
+from .checkpoint import Checkpointer, load_resume_checkpoint
 from .ema import WeightEMA
 from .logger import RunLogger
+from .optim import decay_groups
 from .trainer import GanSchedule, LRPlan, Trainer
 from .speed import (DevicePrefetcher, make_optimizer, resolve_channels_last, resolve_fused, resolve_precision,
                     to_channels_last, training_forward)
@@ -53,6 +54,13 @@ def effective_lr(cfg: Config) -> float:
     return t.base_learning_rate * cfg.data.batch_size * dist.world_size() * t.grad_accum_steps
 
 
+def check_gan_last_layer(model: nn.Module, use_gan: bool) -> None:
+    """The adaptive GAN weight is a ratio of gradient norms at the decoder's last layer: it needs that layer trained."""
+    last = getattr(model, "last_layer", None)
+    if use_gan and isinstance(last, torch.Tensor) and not last.requires_grad:
+        raise ConfigError("loss.use_gan", "is true but the decoder's last layer is frozen, so the adaptive GAN weight "
+                          "(a ratio of gradient norms at that layer) cannot be computed",
+                          "train the decoder's last layer, or set loss.use_gan: false")
 
 
 def check_resume_compatible(saved_cfg: Config, cfg: Config) -> list[str]:
@@ -92,7 +100,7 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
         from ..models.previous import read_previous_checkpoint
 
         previous = read_previous_checkpoint(resume)  # read before anything is built: a bad file fails fast
-    resume_ckpt = load_checkpoint(resolve_checkpoint(resume)) if resume and previous is None else None
+    resume_ckpt = load_resume_checkpoint(resume) if resume and previous is None else None
 
     seed_everything(t.seed)  # identical initial weights on every rank
     model = build_model(cfg.model).to(device)
@@ -120,12 +128,13 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     ema = WeightEMA(model, t.ema_decay) if t.ema_decay is not None else None
     train_model: nn.Module = dist.wrap_ddp(model, device)
     train_disc = dist.wrap_ddp(discriminator, device) if discriminator is not None else None
+    check_gan_last_layer(model, lc.use_gan)
     fused = resolve_fused(t.fused_optimizer, device)
-    opt_g = make_optimizer(t.optimizer, [p for p in model.parameters() if p.requires_grad], lr, t.betas,
-                           t.weight_decay, fused=fused)
+    # parameter groups: weight decay only on weight matrices and kernels outside the quantizer
+    opt_g = make_optimizer(t.optimizer, decay_groups(model, t.weight_decay), lr, t.betas, t.weight_decay, fused=fused)
     disc_lr = t.disc_lr if t.disc_lr is not None else lr
-    opt_d = (make_optimizer(t.optimizer, [p for p in discriminator.parameters() if p.requires_grad], disc_lr,
-                            t.disc_betas, t.weight_decay, fused=fused)
+    opt_d = (make_optimizer(t.optimizer, decay_groups(discriminator, t.weight_decay), disc_lr, t.disc_betas,
+                            t.weight_decay, fused=fused)
              if discriminator is not None else None)
     gan = (GanSchedule(lc.disc_start, t.disc_update_every, t.disc_warmup_steps, lc.disc_factor)
            if discriminator is not None else None)
@@ -135,8 +144,9 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     stream = build_train_stream(cfg.data, t.seed, dist.rank(), dist.world_size())
     val_loader = build_val_loader(cfg.data, dist.rank(), dist.world_size()) if (cfg.data.val or cfg.data.source != "files") else None
 
+    resume_step = int(resume_ckpt["training_state"]["counters"]["step"]) if resume_ckpt is not None else None
     logger = RunLogger(run_dir, cfg.log, enabled=dist.is_main(), total_steps=t.num_steps, run_name=run_dir.name,
-                       config_dict=config_dict)
+                       config_dict=config_dict, resume_step=resume_step)
     precision = resolve_precision(t.precision, device)
     forward = training_forward(train_model, t.compile, device, lambda msg: logger.info(f"warning: {msg}"))
     ckpt = Checkpointer(run_dir, keep_last=t.keep_last, best_metric=t.best_metric,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from ..errors import CheckpointError
 from ..eval.evaluator import is_better
 from ..models.pretrained import atomic_write_text, load_safetensors, read_config, save_safetensors
-from .state import atomic_dir, commit_dir, load_tree, save_tree
+from .state import atomic_dir, commit_dir, fsync_dir, load_tree, save_tree
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a run dir (its latest checkpoint) or a checkpoint dir."""
@@ -81,8 +82,19 @@ class Checkpointer:
         if discriminator is not None:
             save_safetensors(discriminator, tmp / "discriminator.safetensors")
         save_tree(training_state, tmp, "training_state")
+        latest = self.dir / "latest"
+        if final.exists():
+            # re-saving a step (a run resumed from an older checkpoint): `latest` must not name `final` while it is
+            # swapped, so it names the newest other checkpoint (or nothing) until the new one is in place
+            others = [p for p in sorted(self.dir.glob("step_*")) if p.is_dir() and p.name != name]
+            if others:
+                atomic_write_text(latest, others[-1].name + "\n")
+            else:
+                latest.unlink(missing_ok=True)
+            fsync_dir(self.dir)
         commit_dir(tmp, final)
-        atomic_write_text(self.dir / "latest", name + "\n")
+        atomic_write_text(latest, name + "\n")
+        fsync_dir(self.dir)
         if metric is not None and self.is_better(metric):
             atomic_write_text(self.dir / "best.json", json.dumps(
                 {"checkpoint": name, "step": step, "metric": self.best_metric, "value": metric}))
@@ -98,6 +110,39 @@ class Checkpointer:
         for p in ckpts:
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def _step_dirs(checkpoints: Path) -> list[Path]:
+    return sorted((p for p in checkpoints.glob("step_*") if p.is_dir()), reverse=True)
+
+
+def load_resume_checkpoint(path: str | Path) -> dict:
+    """`load_checkpoint` for `--resume PATH`. For a run directory: its `latest` checkpoint, or, when that one is
+    missing or damaged (a crash mid-write, a truncated copy), the newest intact one, with a warning naming each
+    damaged checkpoint that was passed over. A checkpoint directory given directly must be intact."""
+    p = Path(path)
+    checkpoints = p / "checkpoints"
+    if not checkpoints.is_dir():
+        return load_checkpoint(resolve_checkpoint(p))
+    candidates: list[Path] = []
+    latest = checkpoints / "latest"
+    if latest.is_file():
+        candidates.append(checkpoints / latest.read_text().strip())
+    candidates += [d for d in _step_dirs(checkpoints) if d not in candidates]
+    problems: list[str] = []
+    for c in candidates:
+        try:
+            ckpt = load_checkpoint(resolve_checkpoint(c) if c.exists() else c)
+        except CheckpointError as e:
+            problems.append(f"{c.name}: {str(e).splitlines()[0]}")
+            continue
+        if problems:
+            warnings.warn(f"resuming from {c} instead: the newer checkpoint(s) are damaged or missing: "
+                          + "; ".join(problems), stacklevel=2)
+            ckpt["passed_over"] = problems
+        return ckpt
+    raise CheckpointError(f"{p}: no intact checkpoint to resume from ({'; '.join(problems) or 'none saved'})\n"
+                          "  fix: resume from another run directory or a checkpoint directory, or start a new run")
 
 
 def load_checkpoint(ckpt_dir: Path) -> dict:

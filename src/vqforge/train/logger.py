@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,23 @@ from pathlib import Path
 import numpy as np
 
 from ..config.schema import LogConfig
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the rows of `path` with step <= last_step (atomically): a resumed run logs the later steps again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a torn last line of a crashed run
+        if isinstance(step, int) and step <= last_step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(row + "\n" for row in kept))
+    os.replace(tmp, path)
 
 
 def _fmt(v: float) -> str:
@@ -24,7 +42,9 @@ class RunLogger:
     """Writes what the trainer reports. Non-main ranks get a logger that writes nothing."""
 
     def __init__(self, run_dir: Path | None, cfg: LogConfig, *, enabled: bool = True, total_steps: int = 0,
-                 run_name: str = "vqforge", config_dict: dict | None = None):
+                 run_name: str = "vqforge", config_dict: dict | None = None, resume_step: int | None = None):
+        """`resume_step`: the run continues after this many completed steps; rows logged for later steps by the
+        earlier attempt are dropped (metrics.jsonl rewritten, TensorBoard purged), and wandb continues the same run."""
         self.enabled = enabled and run_dir is not None
         self.cfg = cfg
         self.run_dir = run_dir
@@ -45,18 +65,27 @@ class RunLogger:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(logging.Formatter("%(message)s"))
         self._log.addHandler(sh)
+        if resume_step is not None:
+            _truncate_jsonl(run_dir / "metrics.jsonl", resume_step)
         self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            # purge_step: events at steps > resume_step from the earlier attempt are hidden, not shown twice
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
+                                     purge_step=None if resume_step is None else resume_step + 1)
         if cfg.wandb:
             try:
                 import wandb
             except ImportError:
                 self.info("log.wandb is true but wandb is not installed (pip install wandb); continuing without it")
             else:
-                self._wandb = wandb.init(project=cfg.project, name=run_name, config=config_dict, dir=str(run_dir))
+                # one wandb run per vqforge run: its id is kept in the run directory and reused on resume
+                id_file = run_dir / "wandb_run_id"
+                run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+                id_file.write_text(run_id + "\n")
+                self._wandb = wandb.init(project=cfg.project, name=run_name, config=config_dict, dir=str(run_dir),
+                                         id=run_id, resume="allow")
 
     # -- text ---------------------------------------------------------------------------------------------------
     def info(self, msg: str) -> None:

@@ -102,7 +102,9 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this rank's device only (each rank keeps its own state in rng_per_rank); every visible GPU from every
+        # rank would repeat the same states W times and restore other ranks' devices
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -113,7 +115,11 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints that saved every visible device
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def atomic_dir(final: Path) -> Path:
@@ -125,14 +131,27 @@ def atomic_dir(final: Path) -> Path:
     return tmp
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def commit_dir(tmp: Path, final: Path) -> None:
+    """Publish the filled `tmp` as `final`: files and directory fsynced before the rename, the parent after it."""
     for f in tmp.iterdir():  # make the files durable before the rename publishes them
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
+    fsync_dir(tmp)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
         os.replace(tmp, final)
+        fsync_dir(final.parent)
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
+    fsync_dir(final.parent)

@@ -24,7 +24,9 @@ from .checkpoint import Checkpointer
 from .ema import WeightEMA
 from ..eval.report import labelled_grid
 from .logger import RunLogger, Throughput
+from .optim import load_optimizer_state
 from .schedules import lr_factor
+from .snapshot import StepSnapshot
 from .speed import DevicePrefetcher, match_param_layout
 from .state import rng_state, set_rng_state
 
@@ -151,21 +153,12 @@ def _grad_norm(params: list[torch.Tensor], max_norm: float | None) -> torch.Tens
     return torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm is not None else math.inf, foreach=True)
 
 
-def _non_trainable_tensors(module: nn.Module | None) -> list[torch.Tensor]:
-    """Buffers and frozen parameters: what a forward pass may update in place (EMA codebooks, BatchNorm stats)."""
-    if module is None:
-        return []
-    return [t for t in module.buffers()] + [p for p in module.parameters() if not p.requires_grad]
+def _snapshot(*modules: nn.Module | None) -> StepSnapshot:
+    return StepSnapshot(*modules)
 
 
-def _snapshot(module: nn.Module | None) -> list[torch.Tensor]:
-    return [t.detach().clone() for t in _non_trainable_tensors(module)]
-
-
-@torch.no_grad()
-def _restore(module: nn.Module | None, snapshot: list[torch.Tensor]) -> None:
-    for t, s in zip(_non_trainable_tensors(module), snapshot):
-        t.copy_(s)
+def _restore(snapshot: StepSnapshot) -> None:
+    snapshot.restore()
 
 
 def _unwrap(m: nn.Module | None) -> nn.Module | None:
@@ -273,8 +266,9 @@ class Trainer:
         step = self.counters.step
         self.raw_model.set_step(step)
         lr = self._set_lr(step)
-        # in-place state that a non-finite step must not corrupt (EMA codebooks, BatchNorm running stats)
-        snapshot = _snapshot(self.model)
+        # in-place state that a non-finite step must not corrupt (EMA codebooks, k-means, BatchNorm running stats,
+        # ActNorm): the generator step runs the discriminator in train mode, so its state is saved too
+        snapshot = _snapshot(self.model, _unwrap(self.discriminator))
         self.opt_g.zero_grad(set_to_none=True)
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)  # the generator step needs no discriminator weight gradients
@@ -308,13 +302,13 @@ class Trainer:
         if finite:
             self.opt_g.step()
             if self.ema is not None:
-                self.ema.update(self.raw_model)
+                self.ema.update(self.raw_model, step)
             if self.gan is not None and self.gan.trains_at(step):
                 disc_stepped = self._train_discriminator(step, micro, totals)
             self.counters.bad_in_a_row = 0
         else:
             self.opt_g.zero_grad(set_to_none=True)
-            _restore(self.model, snapshot)
+            _restore(snapshot)
             self.counters.skipped_steps += 1
             self.counters.bad_in_a_row += 1
         totals.setdefault("disc_factor", 0.0)
@@ -351,7 +345,7 @@ class Trainer:
             totals["disc_grad_norm"] = dnorm.detach()
         else:
             self.opt_d.zero_grad(set_to_none=True)
-            _restore(self.discriminator, snapshot)
+            _restore(snapshot)
             self.counters.skipped_steps += 1
             self.logger.info(f"step {step}: non-finite discriminator loss or gradient; discriminator step skipped")
         return finite
@@ -460,10 +454,10 @@ class Trainer:
 
     def load_training_state(self, state: dict) -> None:
         self.counters = Counters(**state["counters"])
-        self.opt_g.load_state_dict(state["opt_g"])
+        load_optimizer_state(self.opt_g, state["opt_g"], self.gen_params)
         match_param_layout(self.opt_g)  # channels_last parameters: their Adam moments in the same layout
         if self.opt_d is not None:
-            self.opt_d.load_state_dict(state["opt_d"])
+            load_optimizer_state(self.opt_d, state["opt_d"], self.disc_params)
             match_param_layout(self.opt_d)
         self.stream.load_state_dict(state["data"])
         self._last_val = state.get("last_val", {})
