@@ -87,6 +87,22 @@ def test_shapes_finite_and_stats(kind: str) -> None:
     assert 1 - 1e-4 <= float(out.stats["perplexity"]) <= codes_total + 1e-3
 
 
+@pytest.mark.parametrize("kind", [k for k in KINDS if not k.startswith("rvq")])
+@pytest.mark.parametrize("training", [True, False])
+def test_usage_and_perplexity_are_exactly_those_of_the_returned_indices(kind: str, training: bool) -> None:
+    q, z = make(kind)
+    z = torch.cat([z, z[:, :, :1].expand(-1, -1, 3, -1)], dim=2)  # repeated rows: an uneven histogram
+    q.train(training)
+    for _ in range(3):  # after EMA updates, k-means and restarts
+        out = q(z)
+    idx = out.indices.flatten()
+    assert float(out.stats["usage"]) == idx.unique().numel() / K
+    p = torch.bincount(idx, minlength=K).double() / idx.numel()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    torch.testing.assert_close(out.stats["perplexity"].double(), entropy.exp(), rtol=1e-6, atol=0)
+    assert float(out.stats["perplexity"]) < idx.unique().numel()  # uneven: strictly below the number of used codes
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_trainable_parameter_and_input_gets_a_gradient(kind: str) -> None:
     q, z = make(kind)
