@@ -7,6 +7,8 @@
                 tensors, its counters and its data-stream position (what the tests compare across ranks and runs).
 --fail-rank R   on rank R, `Trainer.train_step` fails at step S: "raise" raises RuntimeError, "hang" sleeps (never
                 entering the next collective), which the other ranks' train.dist_timeout_s must end.
+--nan-rank R    on rank R only, the generator loss of step --nan-step gets NaN added (its gradient stays finite, so
+                only the replicas' joint skip decision keeps the other rank from stepping).
 Everything after "--" goes to `vqforge.cli.main` unchanged.
 """
 
@@ -30,6 +32,8 @@ def main() -> int:
     p.add_argument("--fail-rank", type=int, default=None)
     p.add_argument("--fail-step", type=int, default=2)
     p.add_argument("--fail-mode", choices=("raise", "hang"), default="raise")
+    p.add_argument("--nan-rank", type=int, default=None)
+    p.add_argument("--nan-step", type=int, default=2)
     opts = p.parse_args(argv[:split])
     cli_args = argv[split + 1:]
 
@@ -50,6 +54,19 @@ def main() -> int:
             return real_step(self)
 
         Trainer.train_step = failing_step
+
+    if opts.nan_rank is not None and rank == opts.nan_rank:
+        from vqforge.losses.objective import VQGANObjective
+
+        real_loss = VQGANObjective.generator_loss
+
+        def nan_loss(self, x, out, step, *args, **kwargs):
+            res = real_loss(self, x, out, step, *args, **kwargs)
+            if step == opts.nan_step:
+                res.total = res.total + float("nan")
+            return res
+
+        VQGANObjective.generator_loss = nan_loss
 
     if opts.dump is not None:
         real_fit = Trainer.fit

@@ -62,8 +62,21 @@ def test_train_resume_export_from_the_command_line(tmp_path, capsys):
     model = vqforge.from_pretrained(out)
     import torch
 
-    x = torch.rand(1, 3, 32, 32) * 2 - 1
-    assert model.decode(model.encode(x)).shape == x.shape
+    from safetensors.torch import load_file
+
+    # the exported weights are the final checkpoint's, tensor for tensor
+    exported = load_file(str(out / "model.safetensors"))
+    final = load_file(str(run / "checkpoints" / "step_00000006" / "model.safetensors"))
+    assert exported.keys() == final.keys()
+    differ = [k for k in final if not torch.equal(exported[k], final[k])]
+    assert not differ, f"exported tensors differ from the final checkpoint: {differ[:5]}"
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], final[k]) for k in final)
+    # and the loaded model round-trips: decoding its own codes is its forward reconstruction
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(model.encode(x)), model(x).reconstruction, rtol=0, atol=0)
 
 
 def test_resume_with_an_other_model_fails_cleanly(tmp_path, capsys):

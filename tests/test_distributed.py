@@ -216,3 +216,15 @@ def test_hung_rank_is_given_up_on_after_dist_timeout(tmp_path):
     assert "rank 0: " in out and "timed out" in out.lower()
     assert "communication failure" in out
     assert seconds < 60  # rank 1 sleeps for an hour: torchrun ended it once rank 0 failed
+
+
+def test_non_finite_loss_on_one_rank_only_skips_the_step_on_every_rank(tmp_path):
+    cfg = _write_config(tmp_path / "c.yaml", loss={"use_gan": False}, train={"num_steps": 4, "save_interval": 100})
+    rc, out, _ = _launch([str(WORKER), "--nan-rank", "1", "--nan-step", "2", "--dump", str(tmp_path / "dump"), "--",
+                          "train", str(cfg), "--out", str(tmp_path / "run")], tmp_path)
+    assert rc == 0, out[-4000:]
+    r0, r1 = _dump(tmp_path / "dump", 0), _dump(tmp_path / "dump", 1)
+    # rank 0's own loss and gradients were finite (rank 1's NaN is added to its loss value only), yet it skipped too
+    assert r0["counters"]["skipped_steps"] == r1["counters"]["skipped_steps"] == 1
+    assert r0["counters"]["step"] == r1["counters"]["step"] == 4
+    _assert_tensors_equal(r0["tensors"], r1["tensors"], "after a step skipped for rank 1's NaN")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,6 +222,22 @@ def test_real_inception_features_and_self_fid():
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
     assert (feats[0] - feats[1]).abs().max() > 0.1  # different images, different features
     assert abs(fid.fid_from_features(feats, feats)) <= 1e-3
+
+
+def test_inception_features_of_a_fixed_image_match_the_golden_vector():
+    """Pins the whole feature path (uint8 quantization, TF1 bilinear resize to 299, (v - 128) / 128, the network)
+    against tests/golden/fid_features.safetensors (how it was made: tests/golden/README.md)."""
+    path, reason = fid.find_inception()
+    if path is None:
+        pytest.skip(reason)
+    from safetensors.torch import load_file
+
+    golden = load_file(str(Path(__file__).parent / "golden" / "fid_features.safetensors"))
+    net, _ = fid.load_inception(path)
+    x = golden["image"].float()[None] / 127.5 - 1.0  # exactly the stored uint8 image after vqforge's to_uint8
+    feats = net(x)[0]
+    assert feats.shape == golden["features"].shape == (2048,)
+    torch.testing.assert_close(feats, golden["features"], rtol=0, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------------------- codebook

@@ -28,8 +28,9 @@ def golden():
     return model.eval(), weights, load_file(str(GOLDEN / "expected.safetensors"))
 
 
-def close(actual: torch.Tensor, expected: torch.Tensor) -> bool:
-    return actual.shape == expected.shape and bool((actual - expected).abs().max() <= ATOL)
+def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Same shape and dtype, every element within ATOL; a failure reports the largest difference and where."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=ATOL)
 
 
 def test_state_dict_keys_and_shapes_are_taming(golden):
@@ -46,12 +47,12 @@ def test_pieces_match_reference(golden):
         q = model.quantize(h)
         recon = model.decode_latent(q.quantized)
         from_indices = model.decode(ex["indices"])
-    assert close(h, ex["h"])
-    assert close(q.quantized, ex["quant"])
-    assert abs(float(q.loss) - float(ex["qloss"].reshape(()))) <= ATOL
-    assert torch.equal(q.indices, ex["indices"])
-    assert close(recon, ex["recon"])
-    assert close(from_indices, ex["recon_from_indices"])
+    close(h, ex["h"])
+    close(q.quantized, ex["quant"])
+    close(q.loss, ex["qloss"].reshape(()))
+    torch.testing.assert_close(q.indices, ex["indices"], rtol=0, atol=0)
+    close(recon, ex["recon"])
+    close(from_indices, ex["recon_from_indices"])
 
 
 def test_forward_and_tokenizer_api_match_reference(golden):
@@ -60,7 +61,8 @@ def test_forward_and_tokenizer_api_match_reference(golden):
         out = model(ex["x"])
         indices = model.encode(ex["x"])
         decoded = model.decode(indices)
-    assert close(out.reconstruction, ex["recon"])
-    assert torch.equal(out.indices, ex["indices"]) and torch.equal(indices, ex["indices"])
-    assert abs(float(out.codebook_loss) - float(ex["qloss"].reshape(()))) <= ATOL
-    assert close(decoded, ex["recon_from_indices"])
+    close(out.reconstruction, ex["recon"])
+    torch.testing.assert_close(out.indices, ex["indices"], rtol=0, atol=0)
+    torch.testing.assert_close(indices, ex["indices"], rtol=0, atol=0)
+    close(out.codebook_loss, ex["qloss"].reshape(()))
+    close(decoded, ex["recon_from_indices"])

@@ -444,7 +444,10 @@ def test_generator_loss_gan_gate_and_adaptive_weight(monkeypatch):
     assert d.calls == 1 and calls["adaptive"] == 1
     nll = (x - out.reconstruction).square().mean()
     g = -d(out.reconstruction).mean()
-    want_w = real_adaptive(nll, g, model.conv.weight, 0.8)
+    # the adaptive weight written out (not the helper under test): clamp(‖∇nll‖ / (‖∇g‖ + 1e-4), 0, 1e4) · 0.8
+    (grad_nll,) = torch.autograd.grad(nll, model.conv.weight, retain_graph=True)
+    (grad_g,) = torch.autograd.grad(g, model.conv.weight, retain_graph=True)
+    want_w = (grad_nll.norm() / (grad_g.norm() + 1e-4)).clamp(0.0, 1e4) * 0.8
     assert res.terms["d_weight"].item() == pytest.approx(want_w.item(), rel=1e-5)
     assert res.terms["disc_factor"].item() == 0.5
     want_total = nll + want_w * 0.5 * g + out.codebook_loss

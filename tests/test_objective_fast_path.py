@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from vqforge.config.schema import LossConfig
-from vqforge.losses.adversarial import adaptive_weight
 from vqforge.losses.objective import VQGANObjective
 from vqforge.models.output import TokenizerOutput
 
@@ -50,14 +49,22 @@ class Perceptual(nn.Module):
 
 
 class Disc(nn.Module):
-    def __init__(self) -> None:
+    """`batchnorm`: a BatchNorm between two convs (left in train mode, as in the generator step); `out_scale`:
+    multiplies the logits (a tiny scale makes the adversarial gradient tiny, so the adaptive weight hits its clamp)."""
+
+    def __init__(self, batchnorm: bool = False, out_scale: float = 1.0) -> None:
         super().__init__()
         torch.manual_seed(2)
-        self.conv = nn.Conv2d(3, 1, 4, stride=2, padding=1)
+        if batchnorm:
+            self.conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(0.2),
+                                      nn.Conv2d(4, 1, 4, stride=2, padding=1))
+        else:
+            self.conv = nn.Conv2d(3, 1, 4, stride=2, padding=1)
+        self.out_scale = out_scale
         self.backward_passes: list = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(_CountBackward.apply(x, self.backward_passes))
+        return self.conv(_CountBackward.apply(x, self.backward_passes)) * self.out_scale
 
 
 class Decoder(nn.Module):
@@ -86,16 +93,24 @@ def _plain_loss(cfg: LossConfig, perceptual: Perceptual, disc: Disc, x: torch.Te
     recon = out.reconstruction
     nll = (cfg.pixelloss_weight * (x - recon).abs() + cfg.perceptual_weight * perceptual(x, recon)).mean()
     g_loss = -disc(recon).mean()
-    d_weight = adaptive_weight(nll, g_loss, last_layer, cfg.disc_weight)
+    # the adaptive weight written out here (not the library's helper): ‖∇nll‖ / (‖∇g‖ + 1e-4) on the last layer,
+    # clamped to [0, 1e4], times disc_weight
+    (grad_nll,) = torch.autograd.grad(nll, last_layer, retain_graph=True)
+    (grad_g,) = torch.autograd.grad(g_loss, last_layer, retain_graph=True)
+    ratio = grad_nll.norm() / (grad_g.norm() + 1e-4)
+    d_weight = ratio.clamp(0.0, 1e4).detach() * cfg.disc_weight
     total = nll + d_weight * cfg.disc_factor * g_loss + cfg.codebook_weight * out.codebook_loss
     return total, d_weight
 
 
-@pytest.mark.parametrize("loss_scale", [1.0, 0.5])
-def test_generator_loss_matches_the_plain_formula(loss_scale: float) -> None:
+@pytest.mark.parametrize("loss_scale,disc_kind", [(1.0, "conv"), (0.5, "conv"), (1.0, "batchnorm"), (1.0, "clamped")])
+def test_generator_loss_matches_the_plain_formula(loss_scale: float, disc_kind: str) -> None:
     cfg = _cfg()
+    if disc_kind == "clamped":  # a large reconstruction gradient over a vanishing adversarial one: ratio > 1e4
+        cfg.pixelloss_weight = 20.0
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    perceptual, disc = Perceptual(), Disc().requires_grad_(False)  # frozen in the generator step, as the trainer does
+    disc = Disc(batchnorm=disc_kind == "batchnorm", out_scale=1e-9 if disc_kind == "clamped" else 1.0)
+    perceptual, disc = Perceptual(), disc.requires_grad_(False)  # frozen in the generator step, as the trainer does
 
     ref_model = Decoder()
     ref_out = ref_model(x)
@@ -110,6 +125,10 @@ def test_generator_loss_matches_the_plain_formula(loss_scale: float) -> None:
 
     assert res.total.item() == ref_total.item()  # same value, bit for bit
     assert res.terms["d_weight"].item() == ref_w.item()
+    if disc_kind == "clamped":
+        assert ref_w.item() == pytest.approx(1e4 * cfg.disc_weight)  # the clamp regime was really reached
+    else:
+        assert 0 < ref_w.item() < 1e3
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=f"gradient of {name}")
     # one backward pass each through the perceptual network and the discriminator

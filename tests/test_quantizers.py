@@ -87,6 +87,22 @@ def test_shapes_finite_and_stats(kind: str) -> None:
     assert 1 - 1e-4 <= float(out.stats["perplexity"]) <= codes_total + 1e-3
 
 
+@pytest.mark.parametrize("kind", [k for k in KINDS if not k.startswith("rvq")])
+@pytest.mark.parametrize("training", [True, False])
+def test_usage_and_perplexity_are_exactly_those_of_the_returned_indices(kind: str, training: bool) -> None:
+    q, z = make(kind)
+    z = torch.cat([z, z[:, :, :1].expand(-1, -1, 3, -1)], dim=2)  # repeated rows: an uneven histogram
+    q.train(training)
+    for _ in range(3):  # after EMA updates, k-means and restarts
+        out = q(z)
+    idx = out.indices.flatten()
+    assert float(out.stats["usage"]) == idx.unique().numel() / K
+    p = torch.bincount(idx, minlength=K).double() / idx.numel()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    torch.testing.assert_close(out.stats["perplexity"].double(), entropy.exp(), rtol=1e-6, atol=0)
+    assert float(out.stats["perplexity"]) < idx.unique().numel()  # uneven: strictly below the number of used codes
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_trainable_parameter_and_input_gets_a_gradient(kind: str) -> None:
     q, z = make(kind)
@@ -593,32 +609,39 @@ def test_build_quantizer_rejects_unknown_variants() -> None:
 # ---------------------------------------------------------------- two processes (gloo)
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, maintained: bool = True) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # forked child: stay out of the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)  # same model on both ranks
-        q = EMAVectorQuantizer(8, 2, decay=0.9, maintenance=MaintenanceConfig(kmeans_init=True, restart_unused_steps=2))
+        maintenance = MaintenanceConfig(kmeans_init=True, restart_unused_steps=2) if maintained else None
+        q = EMAVectorQuantizer(8, 2, decay=0.9, maintenance=maintenance)
         torch.manual_seed(100 + rank)  # different data (and RNG streams) on each rank
+        batches = []
         for _ in range(4):
-            q.train()(as_map(torch.randn(16, 2) * (1 + rank)))
-        torch.save(q.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+            batches.append(torch.randn(16, 2) * (1 + rank))
+            q.train()(as_map(batches[-1]))
+        torch.save({"state": q.state_dict(), "batches": batches}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-def test_codebooks_stay_identical_across_two_gloo_ranks() -> None:
+def _two_gloo_ranks(maintained: bool) -> tuple[dict, dict]:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         # fork: the children need not import torch again (spawn costs seconds per process)
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        mp.start_processes(_ddp_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True,
+        mp.start_processes(_ddp_worker, args=(2, os.path.join(tmp, "init"), tmp, maintained), nprocs=2, join=True,
                            start_method=method)
-        s0 = torch.load(os.path.join(tmp, "rank0.pt"))
-        s1 = torch.load(os.path.join(tmp, "rank1.pt"))
+        return torch.load(os.path.join(tmp, "rank0.pt")), torch.load(os.path.join(tmp, "rank1.pt"))
+
+
+def test_codebooks_stay_identical_across_two_gloo_ranks() -> None:
+    r0, r1 = _two_gloo_ranks(maintained=True)
+    s0, s1 = r0["state"], r1["state"]
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k
 
@@ -724,3 +747,19 @@ def test_kmeans_uses_every_ranks_vectors_and_counts_over_ranks() -> None:
     assert codes[0] == pytest.approx(-10.0, abs=0.5) and codes[1] == pytest.approx(10.0, abs=0.5)  # both ranks' data
     # counts on the scale of the all-reduced cluster sizes: the whole step's vectors over both ranks (4 + 6)
     assert sorted(r0["counts"].tolist()) == [4.0, 6.0]
+
+
+def test_two_rank_ema_codebook_equals_one_process_on_both_ranks_batches() -> None:
+    """Equality across ranks would also hold if rank 0's codebook were broadcast; the EMA statistics must be those
+    of the global batch: one process that sees both ranks' batches ends with the same codebook."""
+    r0, r1 = _two_gloo_ranks(maintained=False)
+    torch.manual_seed(0)
+    single = EMAVectorQuantizer(8, 2, decay=0.9)
+    for b0, b1 in zip(r0["batches"], r1["batches"]):
+        single.train()(as_map(torch.cat([b0, b1])))
+    ref = single.state_dict()
+    assert r0["state"].keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+        # summation order differs (all-reduce of two partial sums vs one sum): float tolerance, not bitwise
+        torch.testing.assert_close(r0["state"][k], ref[k], rtol=1e-5, atol=1e-6, msg=k)

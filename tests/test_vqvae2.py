@@ -73,22 +73,30 @@ def test_non_square_and_channels():
     assert [tuple(i.shape) for i in out.indices] == [(1, 4, 2), (1, 8, 4)]
 
 
-def test_codebook_loss_is_sum_over_levels_with_beta():
+@pytest.mark.parametrize("nb_levels", [1, 2, 3])
+def test_codebook_loss_is_sum_over_levels_with_beta(nb_levels):
     torch.manual_seed(0)
-    cfg = make_cfg(2)
-    cfg.quantizer = QuantizerConfig(beta=0.5)
+    cfg = make_cfg(nb_levels)
+    beta = 0.5
+    cfg.quantizer = QuantizerConfig(beta=beta)
     model = VQVAE2(cfg).eval()
-    x = images(2, 32)
+    # each level's quantizer input z_l (the CodeLayer's 1x1 conv output) and indices, from forward hooks
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for layer in model.codebooks:
+        z_of = {}
+        layer.conv_in.register_forward_hook(lambda m, i, o, z_of=z_of: z_of.__setitem__("z", o.detach().clone()))
+        layer.register_forward_hook(
+            lambda m, i, o, z_of=z_of: seen.append((z_of["z"], o.indices, m.quantizer.codebook.detach().clone())))
     with torch.no_grad():
-        loss = model(x).codebook_loss
-        cfg2 = make_cfg(2)
-        cfg2.quantizer = QuantizerConfig(beta=1.0)
-        model2 = VQVAE2(cfg2).eval()
-        model2.load_state_dict(model.state_dict())
-        loss2 = model2(x).codebook_loss
-    # the commitment term scales with beta (identical weights and codebooks otherwise)
-    assert loss > 0
-    assert torch.allclose(loss2, 2 * loss, rtol=1e-5)
+        loss = model(images(2, 32)).codebook_loss
+    assert len(seen) == nb_levels
+    # EMA codebooks: the loss of level l is beta * mse(sg[codebook[indices_l]], z_l), summed over the levels
+    expected = torch.zeros((), dtype=torch.float64)
+    for z, idx, book in seen:
+        zq = book[idx].permute(0, 3, 1, 2)
+        expected = expected + beta * F.mse_loss(zq.double(), z.double())
+    assert float(loss) > 0
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("nb_levels", [1, 2, 3])

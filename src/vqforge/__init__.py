@@ -29,7 +29,41 @@ def from_pretrained(path, map_location="cpu"):
     return _fp(path, map_location=map_location)
 
 
+# The rest of the public API, imported on first use (`import vqforge` stays light: no model or eval code loads
+# until a name is asked for): name -> (module, attribute).
+_LAZY = {
+    "TokenizerOutput": (".models.output", "TokenizerOutput"),
+    "save_pretrained": (".models.pretrained", "save_pretrained"),
+    "convert_taming_checkpoint": (".models.convert", "convert_taming_checkpoint"),
+    "evaluate": (".eval.evaluator", "evaluate"),
+    "build_run": (".train.build", "build_run"),
+    "Quantizer": (".quantizers", "Quantizer"),
+    "QuantizerOutput": (".quantizers", "QuantizerOutput"),
+    "VectorQuantizer": (".quantizers", "VectorQuantizer"),
+    "EMAVectorQuantizer": (".quantizers", "EMAVectorQuantizer"),
+    "GumbelQuantizer": (".quantizers", "GumbelQuantizer"),
+    "ResidualVectorQuantizer": (".quantizers", "ResidualVectorQuantizer"),
+    "MaintenanceConfig": (".quantizers", "MaintenanceConfig"),
+    "build_quantizer": (".quantizers", "build_quantizer"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vqforge' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "TrainingError", "VQForgeError",
-    "load_config", "build_model", "from_pretrained", "__version__",
+    "load_config", "build_model", "from_pretrained", "__version__", *_LAZY,
 ]
