@@ -134,7 +134,7 @@ def _candidates(tp, default) -> list[Any]:
     if origin is list:
         (inner,) = get_args(tp)
         if inner is int:
-            return [[1, 2, 2], [16], [2, 2], [1], [32, 64, 64]]  # the last: GroupNorm widths
+            return [[1, 2, 2], [16], [2, 2], [1], [32, 64, 64], [32, 64]]  # GroupNorm widths; a [lo, hi] size range
         if inner is float:
             return [[0.1, 0.2]]
         return [["a/", "b/"]]

@@ -352,22 +352,331 @@ def test_interrupted_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in ckdir.glob("step_*")) == ["step_00000001"]
     assert (ckdir / "latest").read_text().strip() == "step_00000001"
 
+# --- a skipped step restores everything it touched (k-means, ActNorm, discriminator buffers) -----------------------
 
-    assert len(shadows) == 2
-    floats, others = _float_and_other_keys(shadows[0][1])
-    assert others, "the test model has no integer buffers: it no longer checks that they are copied"
-    assert len(floats) > 20
-    # trainable parameters are averaged with the warm-up decay min(d, (1+t)/(10+t)); everything else (buffers, the
-    # EMA codebook, frozen parameters, integer maintenance counters) is copied
-    trainable = {n for n, q in t.raw_model.named_parameters() if q.requires_grad}
-    assert "quantize.embedding.weight" not in trainable  # EMAVQ: its codebook is an EMA of its own
-    for step, (before, model, after) in enumerate(shadows):
-        assert after.keys() == model.keys()
-        d = min(0.75, (1 + step) / (10 + step))
-        for k in model:
-            if k in trainable:
-                torch.testing.assert_close(after[k], torch.lerp(before[k], model[k], 1 - d), rtol=0, atol=1e-6, msg=k)
-            else:
-                assert torch.equal(after[k], model[k]), k
-    assert any(not torch.equal(shadows[1][0][k], shadows[1][1][k]) for k in others)  # the copy had work to do
-    assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "model_ema.safetensors").exists()
+def _nan_generator_loss(monkeypatch, bad_steps: set[int], poison_recon: bool = False):
+    real = objective_mod.VQGANObjective.generator_loss
+
+    def flaky(self, x, out, step, last_layer, discriminator):
+        if poison_recon and step in bad_steps:  # the discriminator sees a non-finite reconstruction
+            out.reconstruction = out.reconstruction * float("nan")
+        res = real(self, x, out, step, last_layer, discriminator)
+        if step in bad_steps:
+            res.total = res.total * float("nan")
+        return res
+
+    monkeypatch.setattr(objective_mod.VQGANObjective, "generator_loss", flaky)
+
+
+@pytest.mark.parametrize("variant", ["VQModel", "EMAVQ"])
+def test_nan_at_the_kmeans_step_restores_the_codebook_and_reruns_kmeans(tmp_path, monkeypatch, variant):
+    _nan_generator_loss(monkeypatch, {0})
+    run = _run(tmp_path, model={"variant": variant, "quantizer": {"kmeans_init": True, "kmeans_iters": 2}},
+               loss={"use_gan": False}, train={"num_steps": 2, "save_interval": 2})
+    t = run.trainer
+    q = t.raw_model.quantize
+    before = q.codebook.detach().clone()
+    t.train_step()  # k-means fires in this forward, then the loss is NaN: skipped
+    assert t.counters.skipped_steps == 1
+    assert torch.equal(q.codebook, before)  # not the k-means codebook of a skipped step
+    assert not bool(q.maintenance.kmeans_done) and not q.maintenance._kmeans_known_done
+    t.train_step()  # finite: k-means runs now, in this process
+    assert bool(q.maintenance.kmeans_done) and not torch.equal(q.codebook, before)
+    run.logger.close()
+
+
+def test_nan_mid_kmeans_collection_restores_the_collected_batches(tmp_path, monkeypatch):
+    _nan_generator_loss(monkeypatch, {1})
+    run = _run(tmp_path, model={"quantizer": {"kmeans_init": True, "kmeans_iters": 2, "kmeans_batches": 3}},
+               loss={"use_gan": False}, train={"num_steps": 3, "save_interval": 3})
+    t = run.trainer
+    m = t.raw_model.quantize.maintenance
+    t.train_step()
+    assert len(m._collected) == 1
+    t.train_step()  # skipped: its (non-finite step's) batch is not kept for k-means
+    assert len(m._collected) == 1 and t.counters.skipped_steps == 1
+    run.logger.close()
+
+
+@pytest.mark.parametrize("disc_norm", ["act", "batch"])
+def test_nan_reconstruction_at_the_first_adversarial_step_leaves_the_discriminator_untouched(
+        tmp_path, monkeypatch, disc_norm):
+    _nan_generator_loss(monkeypatch, {0}, poison_recon=True)
+    run = _run(tmp_path, loss={"disc_start": 0, "disc_norm": disc_norm},
+               train={"num_steps": 3, "save_interval": 3})
+    t = run.trainer
+    d = getattr(t.discriminator, "module", t.discriminator)
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    t.train_step()
+    assert t.counters.skipped_steps == 1
+    after = d.state_dict()
+    for k, v in before.items():  # parameters (ActNorm loc/scale) and buffers (initialized, BN running stats)
+        assert torch.equal(after[k], v), k
+    if disc_norm == "act":
+        norms = [m for m in d.modules() if hasattr(m, "_known_initialized")]
+        assert norms and all(not m._known_initialized and int(m.initialized) == 0 for m in norms)
+    t.train_step()  # a finite step initialises ActNorm from finite data and trains on
+    assert t.counters.skipped_steps == 1
+    assert all(torch.isfinite(v).all() for v in d.state_dict().values() if v.is_floating_point())
+    if disc_norm == "act":
+        assert all(int(m.initialized) == 1 for m in d.modules() if hasattr(m, "_known_initialized"))
+    run.logger.close()
+
+
+def test_actnorm_does_not_initialise_from_a_non_finite_batch():
+    from vqforge.losses.discriminator import ActNorm
+
+    norm = ActNorm(3).train()
+    norm(torch.full((2, 3, 4, 4), float("nan")))
+    assert int(norm.initialized) == 0 and torch.equal(norm.loc, torch.zeros_like(norm.loc))
+    x = torch.randn(2, 3, 4, 4)
+    norm(x)
+    assert int(norm.initialized) == 1 and torch.allclose(norm.loc.flatten(), -x.transpose(0, 1).reshape(3, -1).mean(1))
+
+
+def test_adamw_decays_only_weight_matrices_outside_the_quantizer(tmp_path):
+    run = _run(tmp_path, model={"variant": "VQModel"}, loss={"use_gan": True},
+               train={"optimizer": "adamw", "weight_decay": 0.1})
+    t = run.trainer
+    names = {id(p): n for n, p in t.raw_model.named_parameters()}
+    decayed = {names[id(p)] for g in t.opt_g.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {names[id(p)] for g in t.opt_g.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert "quantize.embedding.weight" in plain and "quantize.embedding.weight" not in decayed
+    assert decayed and all(t.raw_model.get_parameter(n).dim() >= 2 and not n.startswith("quantize.") for n in decayed)
+    assert any(n.endswith(".bias") for n in plain) and any("norm" in n for n in plain)
+    assert decayed | plain == {n for n, p in t.raw_model.named_parameters() if p.requires_grad}
+    # the codebook is not pulled towards 0 when its gradient is zero (AdamW would shrink it by lr * wd each step)
+    cb = t.raw_model.quantize.embedding.weight
+    before = cb.detach().clone()
+    cb.grad = torch.zeros_like(cb)
+    t.opt_g.step()
+    assert torch.equal(cb, before)
+    d_groups = [g["weight_decay"] for g in t.opt_d.param_groups]
+    assert d_groups == [0.1, 0.0]
+    run.logger.close()
+
+
+def test_optimizer_state_saved_with_one_group_loads_into_the_decay_groups(tmp_path):
+    from vqforge.train.optim import load_optimizer_state
+
+    run = _run(tmp_path, loss={"use_gan": False}, train={"optimizer": "adamw", "weight_decay": 0.1})
+    t = run.trainer
+    params = t.gen_params
+    old = torch.optim.AdamW(params, lr=1e-3)  # the layout of checkpoints written before the groups
+    for p in params:
+        p.grad = torch.randn_like(p)
+    old.step()
+    load_optimizer_state(t.opt_g, old.state_dict(), params)
+    for p in params:
+        assert torch.equal(t.opt_g.state[p]["exp_avg"], old.state[p]["exp_avg"])
+    assert [g["weight_decay"] for g in t.opt_g.param_groups] == [0.1, 0.0]
+    run.logger.close()
+
+
+def test_gan_with_a_frozen_decoder_last_layer_is_refused_at_build(tmp_path, monkeypatch):
+    import vqforge.train.build as build_mod
+    from vqforge.errors import ConfigError
+
+    real = build_mod.build_model
+
+    def frozen_last(cfg):
+        model = real(cfg)
+        model.last_layer.requires_grad_(False)  # e.g. an encoder-only fine-tune
+        return model
+
+    monkeypatch.setattr(build_mod, "build_model", frozen_last)
+    with pytest.raises(ConfigError, match="loss.use_gan") as e:
+        _run(tmp_path)
+    assert "last layer is frozen" in str(e.value) and "use_gan: false" in str(e.value)
+    run = _run(tmp_path, "nogan", loss={"use_gan": False})  # without the GAN a frozen last layer is fine
+    run.logger.close()
+
+
+def test_weight_ema_copies_codebook_state_and_warms_up(tmp_path):
+    from vqforge.train.ema import WeightEMA, ema_decay_at
+
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1) and ema_decay_at(0.999, 10**6) == 0.999
+    run = _run(tmp_path, model={"variant": "EMAVQ", "quantizer": {"kmeans_init": True, "kmeans_iters": 2}},
+               loss={"use_gan": False}, train={"num_steps": 2, "ema_decay": 0.999})
+    t = run.trainer
+    model = t.raw_model
+    ema = WeightEMA(model, 0.999)
+    t.train_step()  # k-means moves the EMA codebook far from its random init
+    ema.update(model, 0)
+    shadow = ema.state_dict()
+    grad_free = {n for n, p in model.named_parameters() if not p.requires_grad} | {n for n, _ in model.named_buffers()}
+    assert any(n.startswith("quantize.") for n in grad_free)
+    for n in grad_free:  # EMA codebook (weight, cluster_size, embed_avg), k-means flag: copied, not averaged
+        assert torch.equal(shadow[n], model.state_dict()[n]), n
+    # trainable weights are averaged with the warmed-up decay; at a late step with the configured one
+    before = {k: v.clone() for k, v in shadow.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    ema.update(model, 10**6)
+    k = "decoder.conv_out.weight"
+    now = model.state_dict()[k]
+    assert torch.allclose(ema.state_dict()[k], before[k] + (1 - 0.999) * (now - before[k]), atol=1e-6)
+    run.logger.close()
+
+
+# --- checkpoints: durable, `latest` always valid, resume falls back past a damaged newest checkpoint -----------------
+
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path):
+    cfg = dict(loss={"use_gan": False}, train={"num_steps": 4, "save_interval": 2, "keep_last": 3})
+    _fit(_run(tmp_path, **cfg))
+    ckdir = tmp_path / "run" / "checkpoints"
+    newest = ckdir / "step_00000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated copy
+    with pytest.warns(UserWarning, match="step_00000004") as w:
+        run = _run(tmp_path, resume=str(tmp_path / "run"), **{**cfg, "train": {**cfg["train"], "num_steps": 6}})
+    assert "step_00000002" in str(w[0].message)
+    assert run.trainer.counters.step == 2
+    run.logger.close()
+    # `latest` naming a directory that is gone: the newest intact one as well
+    (ckdir / "latest").write_text("step_00000099\n")
+    with pytest.warns(UserWarning, match="step_00000099"):
+        run = _run(tmp_path, resume=str(tmp_path / "run"), **cfg)
+    assert run.trainer.counters.step == 2
+    run.logger.close()
+    # a damaged checkpoint named directly is an error, not a silent substitute
+    with pytest.raises(CheckpointError, match="step_00000004"):
+        _run(tmp_path, "direct", resume=str(ckdir / "step_00000004"), **cfg)
+
+
+def test_resaving_a_step_never_leaves_latest_naming_a_missing_directory(tmp_path, monkeypatch):
+    import vqforge.train.checkpoint as ckpt_mod
+
+    cfg = dict(loss={"use_gan": False}, train={"num_steps": 4, "save_interval": 2, "keep_last": 3})
+    _fit(_run(tmp_path, **cfg))
+    ckdir = tmp_path / "run" / "checkpoints"
+    real = ckpt_mod.commit_dir
+    seen = []
+
+    def checking(tmp, final):
+        named = (ckdir / "latest").read_text().strip() if (ckdir / "latest").exists() else None
+        seen.append((final.name, named))
+        assert named != final.name  # the directory about to be swapped is not the one `latest` names
+        real(tmp, final)
+
+    monkeypatch.setattr(ckpt_mod, "commit_dir", checking)
+    run = _run(tmp_path, resume=str(ckdir / "step_00000002"), **cfg)  # resumes at 2 and re-saves step 4
+    _fit(run)
+    assert ("step_00000004", "step_00000002") in seen
+    assert (ckdir / "latest").read_text().strip() == "step_00000004"
+
+
+def test_rng_state_saves_only_this_ranks_cuda_device(monkeypatch):
+    from vqforge.train import state as state_mod
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("saved every visible device"))
+    s = state_mod.rng_state()
+    assert torch.equal(s["cuda"], torch.tensor([7], dtype=torch.uint8))
+
+
+def test_resume_from_an_older_checkpoint_does_not_duplicate_logged_rows(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    # a stand-in wandb module records how runs are opened (wandb itself is not installed here)
+    inits = []
+    fake = types.ModuleType("wandb")
+    fake.util = types.SimpleNamespace(generate_id=lambda: "abc123")
+    fake.Image = lambda grid: grid
+    fake.init = lambda **kw: inits.append(kw) or types.SimpleNamespace(log=lambda *a, **k: None, finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    tb_kwargs = []
+    import torch.utils.tensorboard as tb_mod
+
+    class FakeWriter:
+        def __init__(self, **kw):
+            tb_kwargs.append(kw)
+
+        def add_scalar(self, *a, **k):
+            pass
+
+        def add_image(self, *a, **k):
+            pass
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tb_mod, "SummaryWriter", FakeWriter)
+    cfg = dict(loss={"use_gan": False}, train={"num_steps": 4, "save_interval": 2, "keep_last": 3},
+               log={"wandb": True, "tensorboard": True})
+    _fit(_run(tmp_path, **cfg))
+    ckdir = tmp_path / "run" / "checkpoints"
+    _fit(_run(tmp_path, resume=str(ckdir / "step_00000002"), **cfg))  # steps 3-4 are trained and logged again
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["split"], r["step"]) for r in rows]
+    assert len(keys) == len(set(keys)), keys  # each (split, step) once
+    assert ("train", 4) in keys and ("train", 1) in keys
+    assert tb_kwargs[0].get("purge_step") is None and tb_kwargs[1]["purge_step"] == 3
+    assert [kw["id"] for kw in inits] == ["abc123", "abc123"] and inits[1]["resume"] == "allow"
+
+
+def test_finite_loss_with_an_infinite_gradient_is_skipped(tmp_path):
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 4, "max_bad_steps": 2})
+    t = run.trainer
+    # the loss stays finite; only the gradient reaching one weight is infinite (a backward hook)
+    t.raw_model.decoder.conv_out.weight.register_hook(lambda g: g * math.inf if t.counters.step == 2 else g)
+    seen = {}
+    real_step = t.train_step
+
+    def spy():
+        if t.counters.step == 2:
+            seen["before"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
+        res = real_step()
+        if t.counters.step == 3:
+            seen["finite_loss"] = math.isfinite(res.terms["total_loss"])
+            seen["after"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
+        return res
+
+    t.train_step = spy
+    _fit(run)
+    assert seen["finite_loss"]
+    assert t.counters.skipped_steps == 1 and t.counters.step == 4
+    changed = [k for k in seen["before"] if not torch.equal(seen["before"][k], seen["after"][k])]
+    assert not changed, f"the skipped step changed {changed[:5]}"
+    assert all(torch.isfinite(p).all() for p in t.gen_params)
+
+
+def test_non_finite_discriminator_gradient_skips_only_the_discriminator_step(tmp_path):
+    run = _run(tmp_path, loss={"use_gan": True, "disc_start": 0}, train={"num_steps": 4, "disc_update_every": 1})
+    t = run.trainer
+    d_first = next(p for p in t.disc_params if p.dim() == 4)
+    d_first.register_hook(lambda g: g * math.nan if t.counters.step == 2 else g)
+    seen = {}
+    real_step = t.train_step
+
+    def spy():
+        if t.counters.step == 2:
+            seen["d"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
+            seen["g"] = [p.detach().clone() for p in t.gen_params]
+        res = real_step()
+        if t.counters.step == 3:
+            seen["d_after"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
+            seen["g_after"] = [p.detach().clone() for p in t.gen_params]
+            seen["stepped"] = res.disc_stepped
+        return res
+
+    t.train_step = spy
+    _fit(run)
+    assert seen["stepped"] is False
+    assert t.counters.disc_steps == 3 and t.counters.skipped_steps == 1
+    # the discriminator's weights are as before its skipped step (its BatchNorm statistics also move in the generator
+    # step's forward, which no snapshot covers yet: review C2)
+    weights = [k for k, _ in t.discriminator.named_parameters()]
+    changed = [k for k in weights if not torch.equal(seen["d"][k], seen["d_after"][k])]
+    assert not changed, f"the skipped discriminator step changed {changed[:5]}"
+    # the generator step of the same iteration went ahead
+    assert any(not torch.equal(a, b) for a, b in zip(seen["g"], seen["g_after"]))
+    assert all(torch.isfinite(p).all() for p in t.disc_params)
+    assert "non-finite discriminator loss or gradient; discriminator step skipped" in (tmp_path / "run" / "train.log").read_text()

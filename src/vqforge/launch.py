@@ -321,7 +321,7 @@ def summary(tasks: list[Task], cpu: bool, interrupted: bool) -> tuple[str, dict]
     record = {"interrupted": interrupted, "tasks": []}
     for t in tasks:
         took = f" in {t.ended - t.started:.0f}s" if t.started and t.ended else ""
-        where = "skipped (GPU -1)" if t.state == "skipped" else (f"cpu" if cpu else f"GPU {t.gpu}")
+        where = "skipped (GPU -1)" if t.state == "skipped" else ("cpu" if cpu else f"GPU {t.gpu}")
         line = f"  {t.name}: {t.state}"
         if t.state == "done":
             line += f"{took}; run directory {t.run_dir}"

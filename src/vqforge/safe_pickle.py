@@ -252,7 +252,7 @@ def _call_problem(qualname: str, fn: Any, args: tuple, kwargs: dict) -> str | No
     if qualname == "_codecs.encode":
         ok = (len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str)
               and args[1].replace("-", "").replace("_", "").lower() in ("latin1", "iso88591"))
-        return None if ok else f"`_codecs.encode` with arguments other than (text, 'latin1')"
+        return None if ok else "`_codecs.encode` with arguments other than (text, 'latin1')"
     if qualname.endswith("multiarray._reconstruct"):
         shape = args[1] if len(args) > 1 else None
         try:

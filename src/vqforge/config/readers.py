@@ -24,7 +24,7 @@ from .effects import ConfigWarning, ineffective
 from .jsonc import loads_jsonc
 from .mapping import Mapped, translate_error
 from .parse import closest, field_paths, from_dict, to_dict
-from .schema import Config, ModelConfig, DataConfig, TrainConfig
+from .schema import Config, ModelConfig, DataConfig
 from .later import SECTIONS as LATER_SECTIONS
 from .later import TOP_KEYS as LATER_KEYS
 from .later import later_to_native

@@ -89,18 +89,11 @@ def register_entropy_model(name: str):
     return deco
 
 
-def _ensure_loaded() -> None:
-    # importing the model module runs its @register_entropy_model decorators
-    from . import models  # noqa: F401
-
-
 def registered_entropy_models() -> list[str]:
-    _ensure_loaded()
     return sorted(_ENTROPY_MODELS)
 
 
 def build_entropy_model(name: str, **config: Any) -> EntropyModel:
-    _ensure_loaded()
     if name not in _ENTROPY_MODELS:
         raise ConfigError("entropy.model.name", f"unknown entropy model {name!r}",
                           f"use one of {registered_entropy_models()}")

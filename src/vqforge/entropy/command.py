@@ -39,14 +39,6 @@ def entropy_main(args) -> int:
     return eval_main(args)
 
 
-def _run_dir(cfg, config_path: str, out: str | None) -> Path:
-    if out:
-        return Path(out)
-    if cfg.train.out_dir:
-        return Path(cfg.train.out_dir)
-    return Path("runs") / Path(config_path).stem
-
-
 def train_main(args) -> int:
     from .config import load_entropy_config
 
@@ -56,7 +48,9 @@ def train_main(args) -> int:
     try:
         from .trainer import EntropyTrainer
 
-        run_dir = _run_dir(cfg, args.config, args.out)
+        from ..train.command import default_run_dir  # --out, else train.out_dir, else runs/<config name>
+
+        run_dir = default_run_dir(cfg, args.config, args.out)
         if not resume and (run_dir / "checkpoints" / "latest").exists():
             raise CheckpointError(f"{run_dir} already holds an entropy training run; continue it with --resume "
                                   f"{run_dir}, or train into another directory with --out")

@@ -24,7 +24,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config.parse import to_dict
 from ..config.schema import Config
 from ..errors import CheckpointError, ConfigError
 

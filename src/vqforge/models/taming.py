@@ -23,7 +23,7 @@ from ..quantizers import Quantizer, QuantizerOutput, build_quantizer
 from ..quantizers.vq import check_index_range
 from .output import TokenizerOutput
 from .registry import register_model
-from .taming_modules import GROUPS, Decoder, Encoder
+from .taming_modules import Decoder, Encoder
 
 
 def check_taming_config(cfg: ModelConfig) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import ModelConfig, QuantizerConfig, resolve_quantizer
