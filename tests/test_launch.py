@@ -116,8 +116,10 @@ def test_ctrl_c_stops_every_task_and_reports_it(tmp_path):
     m = write_map(tmp_path, {"long.yaml": 0, "next.yaml": 0})
     logs = tmp_path / "logs"
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    # started with SIGINT ignored, as a shell starts `cmd &` from a script: the launcher must still stop on Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "vqforge", "launch", str(m), "--cpu", "--out", str(logs),
-                             "--refresh", "0.2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--refresh", "0.2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     metrics = tmp_path / "runs" / "long" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):

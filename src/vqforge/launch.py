@@ -150,7 +150,7 @@ def _start(t: Task, launch_dir: Path, cpu: bool, overrides: list[str]) -> None:
         fh.flush()
         # its own session: a Ctrl-C in the terminal reaches the launcher only, which then stops each task's group
         t.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, preexec_fn=_interruptible)
     t.state = "running"
     t.started = time.time()
 
@@ -367,8 +367,16 @@ def launch(map_path: str | Path, *, out: str | Path | None = None, cpu: bool = F
     return 1 if any(t.state == "failed" for t in tasks) else 0
 
 
+def _interruptible() -> None:
+    """SIGINT back to its default in a task: a launcher started in the background of a script inherits SIGINT
+    ignored (POSIX shells do that to `cmd &`), and its tasks would inherit it too and never stop on Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def launch_main(args) -> int:
     """CLI: `vqforge launch MAP.json [--out DIR] [--cpu] [--set KEY=VALUE ...]`."""
+    # Ctrl-C (SIGINT) stops every task, also when this process inherited SIGINT ignored (see _interruptible)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return launch(args.map, out=args.out, cpu=args.cpu, overrides=args.overrides, refresh_s=args.refresh)
     except LaunchError as e:
