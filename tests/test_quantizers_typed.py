@@ -420,3 +420,14 @@ def test_type_product_builds_the_product_quantizer_for_the_base_model() -> None:
 
     q = build_quantizer("VQModel", QuantizerConfig(type="product", num_subspaces=2), 16, 8, 8)
     assert isinstance(q, ProductEMAQuantizer)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_out_of_range_indices_are_an_error_before_lookup(kind: str) -> None:
+    q = KINDS[kind]().eval()
+    idx = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert q.codes_from_indices(idx).shape[0] == 1
+    for bad in (-1, q.num_codes):
+        idx[0, 1, 1] = bad
+        with pytest.raises(ValueError, match="out of range"):
+            q.codes_from_indices(idx)

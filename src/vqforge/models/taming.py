@@ -20,7 +20,7 @@ from torch import nn
 from ..config.schema import FAMILY_ALIASES, VARIANTS_BY_FAMILY, ModelConfig
 from ..errors import ConfigError
 from ..quantizers import Quantizer, QuantizerOutput, build_quantizer
-from ..quantizers.vq import check_index_range
+from ..quantizers.base import check_index_range
 from .output import TokenizerOutput
 from .registry import register_model
 from .taming_modules import Decoder, Encoder

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput
+from .base import Quantizer, QuantizerOutput, single_index_map
 from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
 
 _EPS = 1e-3  # keeps the bounded range strictly inside the outermost rounding cells
@@ -104,13 +104,9 @@ class FSQuantizer(Quantizer):
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) int64 -> (B, embed_dim, H, W) float32 (the codes, through project_out when there is one)."""
-        if indices.dim() == 4 and indices.shape[1] == 1:
-            indices = indices[:, 0]
-        if indices.dim() != 3:
-            raise ValueError(f"expected indices of shape (B, H, W), got {tuple(indices.shape)}")
-        b, h, w = indices.shape
+        flat, b, h, w = single_index_map(indices, self.num_codes)
         with torch.autocast(device_type=indices.device.type, enabled=False):
-            codes = self.indices_to_codes(indices.reshape(-1))  # (N, d)
+            codes = self.indices_to_codes(flat)  # (N, d)
             if self.project_out is not None:
                 codes = self.project_out(codes)
         return unflatten_channels_last(codes, b, h, w)

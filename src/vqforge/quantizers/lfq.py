@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from .base import Quantizer, QuantizerOutput
+from .base import Quantizer, QuantizerOutput, single_index_map
 from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
 
 # elements of one (tokens, codes) probability block in the chunked batch entropy
@@ -192,13 +192,9 @@ class LookupFreeQuantizer(Quantizer):
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) int64 -> (B, embed_dim, H, W) float32."""
-        if indices.dim() == 4 and indices.shape[1] == 1:
-            indices = indices[:, 0]
-        if indices.dim() != 3:
-            raise ValueError(f"expected indices of shape (B, H, W), got {tuple(indices.shape)}")
-        b, h, w = indices.shape
+        flat, b, h, w = single_index_map(indices, self.num_codes)
         with torch.autocast(device_type=indices.device.type, enabled=False):
-            codes = self.indices_to_codes(indices.reshape(-1))
+            codes = self.indices_to_codes(flat)
             if self.project_out is not None:
                 codes = self.project_out(codes)
         return unflatten_channels_last(codes, b, h, w)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput
+from .base import Quantizer, QuantizerOutput, single_index_map
 from .maintenance import code_counts, nearest_code
 from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
 
@@ -60,13 +60,9 @@ class SimVQuantizer(Quantizer):
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) int64 -> (B, d, H, W) float32 rows of the effective codebook."""
-        if indices.dim() == 4 and indices.shape[1] == 1:
-            indices = indices[:, 0]
-        if indices.dim() != 3:
-            raise ValueError(f"expected indices of shape (B, H, W), got {tuple(indices.shape)}")
-        b, h, w = indices.shape
+        flat, b, h, w = single_index_map(indices, self.num_codes)
         with torch.autocast(device_type=indices.device.type, enabled=False):
-            codes = F.embedding(indices.reshape(-1), self.effective_codebook())
+            codes = F.embedding(flat, self.effective_codebook())
         return unflatten_channels_last(codes, b, h, w)
 
     def extra_repr(self) -> str:

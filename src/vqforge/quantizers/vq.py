@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput
+from .base import Quantizer, QuantizerOutput, check_index_range
 from .maintenance import CodebookMaintenance, CodeUpdate, MaintenanceConfig, code_counts, nearest_code
 
 
@@ -51,19 +51,6 @@ class FlatQuantized:
     indices: torch.Tensor  # (N,) int64
     loss: torch.Tensor  # scalar float32
     counts: torch.Tensor  # (K,) float32, this process's code histogram
-
-
-def check_index_range(indices: torch.Tensor, num_codes: int) -> None:
-    """Indices from outside (a file, a caller) must be integers in [0, K): checked before a lookup, where an
-    out-of-range index would be a device-side assert on CUDA that poisons the process."""
-    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
-        raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
-    if indices.numel() == 0:
-        return
-    lo, hi = int(indices.min()), int(indices.max())
-    if lo < 0 or hi >= num_codes:
-        raise ValueError(f"indices out of range: found values in [{lo}, {hi}], but the codebook has {num_codes} codes "
-                         f"(valid: 0..{num_codes - 1}); the indices were made by another model or the file is damaged")
 
 
 class CodebookQuantizer(Quantizer):
