@@ -10,9 +10,11 @@
 #    fp32 on the same GPU in the same run (bench/gpu_throughput.py). Prints images/s, ms per step pair, peak GPU
 #    memory, MFU (counted FLOPs / dense bf16 peak) and warm-up (compile) time per case. The reference needs
 #    taming-transformers-rom1504 0.0.6, pytorch-lightning 1.9.5, torchmetrics 1.4.0, lightning-utilities,
-#    omegaconf, antlr4-python3-runtime 4.9.3, einops, setuptools<81 (for pkg_resources), requests: carry their
-#    wheels in ./.whl/taming/ (py3-none-any) where the machine has no package index; they go to $OUT_DIR/taming_site
-#    only, never onto vqforge's path.
+#    omegaconf, antlr4-python3-runtime 4.9.3 (`pip wheel` builds it from its sdist), einops, setuptools<81 (for
+#    pkg_resources), lightning-utilities, fsspec, requests (+ urllib3, idna, certifi, charset_normalizer's
+#    py3-none-any wheel): carry their wheels in ./.whl/taming/ where the machine has no package index; they go to
+#    $OUT_DIR/taming_site only, never onto vqforge's path. vqforge's own missing needs (PyAV on the lent GPU
+#    machines) go as wheels in ./.whl/ (see the device README).
 # 2. A 1-GPU torchrun run (`python -m torch.distributed.run --standalone --nproc_per_node=1 -m vqforge train`):
 #    nccl process group, DDP, a few steps with GAN on, checkpoint, validation; then a resume of it by a few steps.
 #    Prints its exit codes, the start-up line with the global batch, and the trainer's "finished" line.

@@ -40,7 +40,8 @@ import compare_taming  # noqa: E402
 F16_DD = {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16], "z_channels": 256,
           "dropout": 0.0}
 TINY_DD = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 16, "dropout": 0.0}
-CASES = ("fp32-eager", "bf16-eager", "fp32-compile", "bf16-compile", "taming-fp32")
+CASES = ("fp32-eager", "bf16-eager", "fp32-compile", "bf16-compile", "taming-fp32",
+         "fp32-eager-cf", "bf16-eager-cf", "bf16-compile-cf")  # -cf: channels-first (NCHW) instead of channels_last
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
@@ -74,6 +75,20 @@ def step_flops(step_fn) -> int:
     return counter.get_total_flops()
 
 
+def print_profile(case: str, step_fn, cuda: bool, sync) -> None:
+    """Where one step pair's time goes: the operators with the most device (or CPU) time over two pairs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            step_fn()
+        sync()
+    key = "cuda_time_total" if cuda else "cpu_time_total"
+    print(f"-- profile of {case} (2 step pairs, by {key})", flush=True)
+    print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60), flush=True)
+
+
 def vqforge_case(case: str, args, batch_u8, work: Path) -> dict:
     import torch
 
@@ -82,12 +97,13 @@ def vqforge_case(case: str, args, batch_u8, work: Path) -> dict:
     from vqforge.losses.perceptual import LPIPS
     from vqforge.train.build import build_run
 
-    precision, mode = case.split("-")
+    precision, mode, *layout = case.split("-")
     model, loss = model_config(args.res, args.tiny)
     cfg = parse_config({
         "model": model, "loss": loss,
         "data": {"source": "sample_photos", "resolution": args.res, "batch_size": args.batch},
         "train": {"num_steps": 10**6, "precision": precision, "device": args.device, "compile": mode == "compile",
+                  "channels_last": layout != ["cf"],
                   "save_interval": 10**9, "validation_interval": 10**9, "seed": 0},
         "log": {"tensorboard": False, "progress": False, "every": 10**6},
     })
@@ -124,6 +140,8 @@ def vqforge_case(case: str, args, batch_u8, work: Path) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    if args.profile:
+        print_profile(case, t.train_step, cuda, sync)
     flops = step_flops(t.train_step) if args.flops else None
     run.logger.close()
     return {"case": case, "precision": t.precision, "compile": bool(getattr(t.forward, "active", False)),
@@ -180,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--taming-path", default=os.environ.get("TAMING_SITE"),
                     help="PYTHONPATH for the reference worker (where taming and pytorch-lightning are installed)")
     ap.add_argument("--json", metavar="OUT")
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table per vqforge case")
     args = ap.parse_args(argv)
 
     import torch

@@ -134,7 +134,8 @@ def test_channels_last_is_honoured(tmp_path):
     assert not off.trainer.raw_model.decoder.conv_out.weight.is_contiguous(memory_format=cl)
     assert not off.trainer.channels_last
     assert speed.resolve_channels_last(None, torch.device("cpu")) is True
-    assert speed.resolve_channels_last(None, torch.device("cuda")) is True
+    assert speed.resolve_channels_last(None, torch.device("cuda")) is False  # GroupNorm copies NHWC on CUDA
+    assert speed.resolve_channels_last(True, torch.device("cuda")) is True
 
 
 def test_fused_optimizer_is_honoured(tmp_path):

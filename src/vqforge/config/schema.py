@@ -523,7 +523,7 @@ class TrainConfig:
     # auto = bf16 autocast on CUDA (quantizer distances, LPIPS and losses stay float32), fp32 elsewhere
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool = False  # torch.compile (inductor) of the tokenizer's forward; eager with a warning where unavailable
-    channels_last: bool | None = None  # NHWC memory format for model, discriminator, LPIPS, inputs; null = on (CPU, CUDA)
+    channels_last: bool | None = None  # NHWC memory format for model, discriminator, LPIPS, inputs; null = on for CPU, off for CUDA
     fused_optimizer: bool | None = None  # fused Adam/AdamW kernels; null = on where torch has them for the device
     ema_decay: float | None = None  # weight EMA of the tokenizer; null = off
     max_bad_steps: int = 10  # consecutive non-finite steps before training stops
