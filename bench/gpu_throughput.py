@@ -40,8 +40,9 @@ import compare_taming  # noqa: E402
 F16_DD = {"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16], "z_channels": 256,
           "dropout": 0.0}
 TINY_DD = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 16, "dropout": 0.0}
+# a suffix forces the memory format (-cl: channels_last, -cf: NCHW); without one, train.channels_last's default
 CASES = ("fp32-eager", "bf16-eager", "fp32-compile", "bf16-compile", "taming-fp32",
-         "fp32-eager-cf", "bf16-eager-cf", "bf16-compile-cf")  # -cf: channels-first (NCHW) instead of channels_last
+         "fp32-eager-cf", "bf16-eager-cf", "bf16-compile-cf", "fp32-eager-cl", "bf16-eager-cl", "bf16-compile-cl")
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
@@ -103,7 +104,7 @@ def vqforge_case(case: str, args, batch_u8, work: Path) -> dict:
         "model": model, "loss": loss,
         "data": {"source": "sample_photos", "resolution": args.res, "batch_size": args.batch},
         "train": {"num_steps": 10**6, "precision": precision, "device": args.device, "compile": mode == "compile",
-                  "channels_last": layout != ["cf"],
+                  "channels_last": {"cf": False, "cl": True}.get(layout[0]) if layout else None,
                   "save_interval": 10**9, "validation_interval": 10**9, "seed": 0},
         "log": {"tensorboard": False, "progress": False, "every": 10**6},
     })
