@@ -24,7 +24,7 @@ from vqforge.quantizers import (
     build_quantizer,
 )
 from vqforge.quantizers.gumbel import temperature_at
-from vqforge.quantizers.maintenance import squared_distances
+from vqforge.quantizers.assign import squared_distances
 
 from conftest import GOLDEN
 
@@ -555,16 +555,16 @@ def test_restart_during_forward_keeps_backward_working() -> None:
 
 
 def test_chunked_assignment_matches_one_shot(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vqforge.quantizers import maintenance
+    from vqforge.quantizers import assign
 
     torch.manual_seed(0)
     z, codebook = torch.randn(1000, 4), torch.randn(64, 4)
-    whole = maintenance.nearest_code(z, codebook)
-    monkeypatch.setattr(maintenance, "_CHUNK_ELEMENTS", 64 * 7)  # 7 rows per chunk
-    assert torch.equal(maintenance.nearest_code(z, codebook), whole)
+    whole = assign.nearest_code(z, codebook)
+    monkeypatch.setattr(assign, "_CHUNK_ELEMENTS", 64 * 7)  # 7 rows per chunk
+    assert torch.equal(assign.nearest_code(z, codebook), whole)
     assert torch.equal(whole, torch.cdist(z, codebook).argmin(dim=1))
     idx = torch.randint(0, 64, (1000,))
-    torch.testing.assert_close(maintenance.code_sums(idx, z, 64), torch.zeros(64, 4).index_add_(0, idx, z))
+    torch.testing.assert_close(assign.code_sums(idx, z, 64), torch.zeros(64, 4).index_add_(0, idx, z))
 
 
 # ---------------------------------------------------------------- build_quantizer
@@ -647,7 +647,7 @@ def test_codebooks_stay_identical_across_two_gloo_ranks() -> None:
 
 
 def test_nearest_code_runs_at_full_fp32_precision_under_tf32_settings(monkeypatch):
-    import vqforge.quantizers.maintenance as maint
+    import vqforge.quantizers.assign as maint
 
     seen = []
     real = maint.squared_distances

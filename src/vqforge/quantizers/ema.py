@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from .. import distributed
-from .maintenance import CodeUpdate, MaintenanceConfig, code_sums
-from .vq import CodebookQuantizer
+from .assign import code_sums
+from .base import CodebookQuantizer
+from .maintenance import CodeUpdate, MaintenanceConfig
 
 
 class EMACodebook(nn.Module):

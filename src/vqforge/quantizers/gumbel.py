@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput
-from .vq import code_stats
+from .base import Quantizer, QuantizerOutput, code_stats
 
 Schedule = Literal["cosine", "linear", "exponential"]
 

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from .. import distributed
-from .base import Quantizer, QuantizerOutput
+from .assign import code_counts, code_sums, nearest_code
+from .base import (Quantizer, QuantizerOutput, code_stats, flatten_channels_last, straight_through,
+                   unflatten_channels_last)
 from .ema import EMACodebook
-from .maintenance import code_counts, code_sums, nearest_code
-from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
 
 
 class ProductEMAQuantizer(Quantizer):

@@ -25,18 +25,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput
+from .assign import code_sums
+from .base import (CodebookQuantizer, Quantizer, QuantizerOutput, code_stats, flatten_channels_last, straight_through,
+                   unflatten_channels_last)
 from .depth import random_prefix_depth
 from .ema import EMAVectorQuantizer
-from .maintenance import MaintenanceConfig, code_sums
-from .vq import (
-    CodebookQuantizer,
-    VectorQuantizer,
-    code_stats,
-    flatten_channels_last,
-    straight_through,
-    unflatten_channels_last,
-)
+from .maintenance import MaintenanceConfig
+from .vq import VectorQuantizer
 
 InnerKind = Literal["vq", "ema"]
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import QuantizerOutput
+from .assign import code_counts, code_sums, nearest_code
+from .base import QuantizerOutput, code_stats, flatten_channels_last, straight_through, unflatten_channels_last
 from .depth import random_prefix_depth
 from .ema import EMAVectorQuantizer
-from .maintenance import MaintenanceConfig, code_counts, code_sums, nearest_code
-from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
+from .maintenance import MaintenanceConfig
 
 class ResidualEMAVectorQuantizer(EMAVectorQuantizer):
     """D-depth residual VQ over one shared EMA codebook; the user's RVQ-VQGAN quantizer plus vqforge options."""
