@@ -554,6 +554,30 @@ def test_restart_during_forward_keeps_backward_working() -> None:
     assert z.grad is not None and q.embedding.weight.grad is not None
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_code_sums_equal_the_one_hot_product(deterministic: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqforge.quantizers.assign import code_sums
+
+    calls = []
+    real = torch.segment_reduce
+    monkeypatch.setattr(torch, "segment_reduce", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    g = torch.Generator().manual_seed(3)
+    k, n, c = 50, 700, 6
+    idx = torch.randint(0, k - 5, (n,), generator=g)  # the last 5 codes unused: their sums must be exactly 0
+    z = torch.randn(n, c, generator=g)
+    expected = (torch.nn.functional.one_hot(idx, k).double().t() @ z.double()).float()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        got = code_sums(idx, z, k)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert got.dtype == torch.float32 and got.shape == (k, c)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[k - 5:], torch.zeros(5, c))
+    assert len(calls) == int(deterministic)  # the sort + segment-sum path only under deterministic algorithms
+
+
 def test_chunked_assignment_matches_one_shot(monkeypatch: pytest.MonkeyPatch) -> None:
     from vqforge.quantizers import assign
 
@@ -763,3 +787,26 @@ def test_two_rank_ema_codebook_equals_one_process_on_both_ranks_batches() -> Non
         assert torch.equal(r0["state"][k], r1["state"][k]), k
         # summation order differs (all-reduce of two partial sums vs one sum): float tolerance, not bitwise
         torch.testing.assert_close(r0["state"][k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_residual_levels_run_kmeans_in_order() -> None:
+    from vqforge.quantizers.assign import nearest_code
+    from vqforge.quantizers.base import flatten_channels_last
+
+    torch.manual_seed(0)
+    cfg = MaintenanceConfig(kmeans_init=True, kmeans_iters=3, kmeans_batches=2)
+    q = ResidualVectorQuantizer(2, 4, 3, kind="vq", maintenance=cfg).train()
+    l0, l1 = q.levels[0].maintenance, q.levels[1].maintenance
+    batches = [torch.randn(2, 3, 4, 4) for _ in range(3)]  # 32 vectors each >= 4 per code
+    with torch.no_grad():
+        q(batches[0])
+        assert l0.kmeans_pending() and l1.kmeans_pending() and not l1._collected  # level 1 waits for level 0
+        q(batches[1])
+        assert not l0.kmeans_pending() and l1.kmeans_pending()
+        # level 1 collected in this forward, after level 0's k-means: the residuals of the k-means codes
+        z = flatten_channels_last(batches[1])
+        book0 = q.levels[0].codebook
+        expected = z - book0[nearest_code(z, book0)]
+        assert len(l1._collected) == 1 and torch.equal(l1._collected[0], expected)
+        q(batches[2])
+        assert not l1.kmeans_pending()  # kmeans_batches = 2 forwards after level 0's

@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from torch import nn
 
-# rows per chunk when building (chunk, K) one-hot or distance matrices, to bound memory on large batches
+# rows per chunk when building (chunk, K) distance matrices, to bound memory on large batches
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -68,12 +67,14 @@ def code_counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
 def code_sums(indices: torch.Tensor, z_flat: torch.Tensor, num_codes: int) -> torch.Tensor:
     """Σ of the rows of `z_flat` assigned to each code, i.e. onehotᵀ z: (N,), (N, C) -> (K, C) float32.
 
-    A one-hot matmul (chunked) rather than index_add_, because it is deterministic on GPUs.
+    O(N·C) (a one-hot matmul would be another distance-sized GEMM, O(N·K·C)): `index_add_`, or, when
+    `torch.use_deterministic_algorithms(True)` is on, a stable sort by code then a per-code segment sum, whose
+    summation order does not depend on the device's scheduling (GPU `index_add_` adds with atomics).
     """
     z = z_flat.detach().float()
-    out = torch.zeros(num_codes, z.shape[1], device=z.device, dtype=torch.float32)
-    rows = _chunk_rows(num_codes)
-    for idx, zc in zip(indices.split(rows), z.split(rows)):
-        onehot = nn.functional.one_hot(idx, num_codes).float()  # (n, K)
-        out += onehot.t() @ zc
-    return out
+    idx = indices.reshape(-1)
+    if torch.are_deterministic_algorithms_enabled():
+        order = torch.argsort(idx, stable=True)
+        lengths = torch.bincount(idx, minlength=num_codes)
+        return torch.segment_reduce(z[order], "sum", lengths=lengths, axis=0, unsafe=True, initial=0.0)
+    return z.new_zeros(num_codes, z.shape[1]).index_add_(0, idx, z)

@@ -40,7 +40,8 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
     def set_step(self, step: int) -> None:
-        """Called by the trainer before every generator step (temperature schedules, restarts)."""
+        """Called by the trainer before every generator step with the global step (Gumbel temperature schedule,
+        random-depth draws); codebook maintenance counts training forwards itself and does not use it."""
 
 
 def check_index_range(indices: torch.Tensor, num_codes: int) -> None:
@@ -153,18 +154,18 @@ class CodebookQuantizer(Quantizer):
         """(...) int64 -> (..., C) float32 codebook rows."""
         return F.embedding(indices, self.codebook).float()
 
-    def quantize_flat(self, z_flat: torch.Tensor, *, update: bool = True, maintain: bool = True) -> FlatQuantized:
-        """Quantize (N, C) float32 vectors. `update`: apply codebook updates (EMA) in training mode; `maintain`: run
-        k-means init / restarts. A residual quantizer with a shared codebook turns both off and does them once."""
-        if maintain:
+    def quantize_flat(self, z_flat: torch.Tensor, *, shared: bool = False) -> FlatQuantized:
+        """Quantize (N, C) float32 vectors; in training mode also update (EMA) and maintain (k-means, restarts) the
+        codebook. `shared`: the codebook serves several residual levels, so assign only: the caller updates and
+        maintains it once per step from all levels' statistics."""
+        if not shared:
             self.maintain_before(z_flat)
         indices = nearest_code(z_flat, self.codebook)  # (N,)
         codes = self.lookup(indices)  # (N, C)
         loss = self._level_loss(codes, z_flat)
         counts = code_counts(indices, self.num_codes)
-        if update:
+        if not shared:
             self._update_codebook(indices, counts, z_flat)
-        if maintain:
             self.maintain_after(counts, z_flat)
         return FlatQuantized(codes=codes, indices=indices, loss=loss, counts=counts)
 

@@ -119,9 +119,25 @@ class CodebookMaintenance(nn.Module):
         if cfg.restart_unused_steps > 0:
             self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))
         # encoder outputs collected for k-means (from every rank); not checkpointed: a run resumed before k-means ran
-        # collects again from the resumed step, so resume is exact only from a checkpoint after k-means ran
+        # collects again from the resumed step, so resume is exact only from a checkpoint after k-means ran (the
+        # resume window: the first kmeans_batches or more training forwards, D times that for staged residual levels)
         self._collected: list[torch.Tensor] = []
         self._kmeans_known_done = False  # host-side mirror of kmeans_done, avoids a device sync every step
+        # k-means of these codebooks must be done before this one collects (residual levels: level i's inputs are
+        # what level i-1's codebook leaves, meaningful only once that codebook holds its k-means codes). A tuple,
+        # not a submodule: no state-dict keys.
+        self._waits_for: tuple[CodebookMaintenance, ...] = ()
+
+    def wait_for(self, other: CodebookMaintenance) -> None:
+        """Collect k-means data only once `other`'s k-means initialisation is done."""
+        self._waits_for = (*self._waits_for, other)
+
+    def kmeans_pending(self) -> bool:
+        """True while k-means initialisation is on and has not run yet (one device sync, then the host mirror)."""
+        if not self.cfg.kmeans_init or self._kmeans_known_done:
+            return False
+        self._kmeans_known_done = bool(self.kmeans_done)
+        return not self._kmeans_known_done
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -138,11 +154,9 @@ class CodebookMaintenance(nn.Module):
 
     def kmeans_step(self, z_flat: torch.Tensor) -> CodeUpdate | None:
         """Collect (N, C) encoder outputs of every rank; once at least kmeans_batches calls and at least
-        KMEANS_MIN_ROWS_PER_CODE x K vectors are collected, return the k-means codebook (once per run)."""
-        if not self.cfg.kmeans_init or self._kmeans_known_done:
-            return None
-        if bool(self.kmeans_done):
-            self._kmeans_known_done = True
+        KMEANS_MIN_ROWS_PER_CODE x K vectors are collected, return the k-means codebook (once per run). Nothing is
+        collected while a codebook this one waits for (`wait_for`) is not initialised yet."""
+        if not self.kmeans_pending() or any(m.kmeans_pending() for m in self._waits_for):
             return None
         # every rank's vectors (identical list on all ranks): k-means sees all the data the run has
         self._collected.append(distributed.all_gather_rows(z_flat.detach().float()))

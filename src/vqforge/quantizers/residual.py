@@ -12,7 +12,9 @@ Choices:
   codebook). Per-level EMA codebooks update after their own level, which is the same thing for independent codebooks.
 - Codebook maintenance with a shared codebook runs once per step: k-means on the level-1 inputs (z), dead-code
   restarts from the usage of all levels together, with new codes drawn from all levels' inputs. With per-level
-  codebooks each level maintains itself on its own inputs.
+  codebooks each level maintains itself on its own inputs, and k-means runs level by level: level i collects its
+  inputs only after level i−1's k-means is done (its residuals are then those of the k-means codes, not of the
+  random start), so with kmeans_batches = b the last level is initialised after about D·b training forwards.
 - Random-depth training (`quantize_dropout`, depth.py): a training forward may quantize only a prefix of the levels;
   indices then have that many levels.
 - Overall stats use the histogram of all levels' codes over all codebook entries (K shared, D·K per level).
@@ -77,6 +79,10 @@ class ResidualVectorQuantizer(Quantizer):
             self.shared = make()
         else:
             self.levels = nn.ModuleList(make() for _ in range(levels))
+            # k-means in level order: level i collects residuals only once level i-1 holds its k-means codes
+            for prev, cur in zip(self.levels, self.levels[1:]):
+                if prev.maintenance is not None and cur.maintenance is not None:
+                    cur.maintenance.wait_for(prev.maintenance)
 
     def level(self, i: int) -> CodebookQuantizer:
         return self.shared if self.shared_codebook else self.levels[i]  # type: ignore[return-value]
@@ -86,7 +92,6 @@ class ResidualVectorQuantizer(Quantizer):
         b, c, h, w = z.shape
         if c != self.embed_dim:
             raise ValueError(f"ResidualVectorQuantizer expects {self.embed_dim} channels, got {tuple(z.shape)}")
-        per_level = not self.shared_codebook  # a shared codebook is updated/maintained once, after all levels
         depth = self.depth
         if self.training:
             self._draws += 1
@@ -100,7 +105,7 @@ class ResidualVectorQuantizer(Quantizer):
             inputs, indices, counts = [], [], []
             loss = z_flat.new_zeros(())
             for i in range(depth):
-                out = self.level(i).quantize_flat(residual, update=per_level, maintain=per_level)
+                out = self.level(i).quantize_flat(residual, shared=self.shared_codebook)
                 inputs.append(residual)
                 indices.append(out.indices)
                 counts.append(out.counts)
