@@ -279,12 +279,10 @@ def resolve_quantizer(family: str, variant: str | None, q: "QuantizerConfig", n_
         if t == "residual":
             require(q.rvq_levels > 1, f"{qp}.rvq_levels", f"is {q.rvq_levels}, but type 'residual' stacks several levels",
                     "set model.quantizer.rvq_levels to the depth, e.g. 4 (or use type vq / ema for one level)")
-    if t not in ("residual",) and q.rvq_levels > 1:
+    # the one check of rvq_levels against the quantizer (GumbelVQ, PQEMAVQ, fsq, ...); model builders rely on it
+    if t != "residual" and q.rvq_levels > 1:
         raise ConfigError(f"{qp}.rvq_levels", f"residual quantization is not available with quantizer type {t!r}",
                           "use type vq or ema (variant VQModel or EMAVQ) for residual VQ, or rvq_levels: 1")
-    if t == "product":
-        require(q.rvq_levels == 1, f"{qp}.rvq_levels", "residual quantization is not available with product quantization",
-                "use rvq_levels: 1 (or variant EMAVQ for residual VQ)")
     if t == "lfq":
         size_key = f"{path}.vqvae2.nb_entries" if family == "vqvae2" else f"{path}.n_embed"
         require(n_codes >= 2 and n_codes & (n_codes - 1) == 0, size_key,
@@ -397,9 +395,6 @@ class ModelConfig:
         if self.family == "taming":
             require(self.variant in allowed, f"{p}.variant", f"{self.variant!r} is not a taming variant",
                     f"use one of {list(allowed)}")
-            require(not (self.variant in ("GumbelVQ", "PQEMAVQ") and self.quantizer.rvq_levels > 1),
-                    f"{p}.quantizer.rvq_levels", f"residual quantization is not available with {self.variant}",
-                    "use variant VQModel or EMAVQ, or rvq_levels: 1")
             q = self.quantizer
             if q.rvq_levels > 1 and q.rvq_loss == "prefix":
                 require(self.variant == "EMAVQ" and q.shared_codebook, f"{p}.quantizer.rvq_loss",

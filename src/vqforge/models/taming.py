@@ -34,10 +34,7 @@ def check_taming_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.variant", f"{cfg.variant!r} is not a taming-family variant", f"use one of {list(variants)}")
     dd = cfg.ddconfig
     dd.check("model.ddconfig")
-    if cfg.variant in ("GumbelVQ", "PQEMAVQ") and cfg.quantizer.rvq_levels > 1:
-        raise ConfigError("model.quantizer.rvq_levels", f"residual quantization is not available with {cfg.variant}",
-                          "use variant VQModel or EMAVQ, or rvq_levels: 1")
-    cfg.quantizer_choice()  # model.quantizer.type against the variant
+    cfg.quantizer_choice()  # model.quantizer.type and rvq_levels against the variant
 
 
 class TamingVQGAN(nn.Module):
@@ -95,7 +92,7 @@ class TamingVQGAN(nn.Module):
         return self.config.ddconfig.downsample_factor
 
     def set_step(self, step: int) -> None:
-        """Tell the quantizer the global step (temperature schedule, codebook restarts)."""
+        """Tell the quantizer the global step (Gumbel temperature schedule, random-depth draws)."""
         self.quantize.set_step(step)
 
     # --- the pieces -----------------------------------------------------------------------------------------------

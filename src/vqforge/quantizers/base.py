@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,12 +69,54 @@ def single_index_map(indices: torch.Tensor, num_codes: int) -> tuple[torch.Tenso
     return indices.reshape(-1), b, h, w
 
 
-def code_stats(counts: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Detached "usage" (fraction of codes used) and "perplexity" (exp of the entropy) of a (K,) code histogram."""
-    counts = counts.detach().float()
+def usage_and_perplexity(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K,) code histogram -> (fraction of codes used, exp of the entropy of the code distribution), 0-d tensors in
+    the histogram's floating dtype (float32 for integer counts). Perplexity is K for uniform use, 1 for one code (and
+    for an empty histogram)."""
+    counts = counts.detach()
+    if not counts.is_floating_point():
+        counts = counts.float()
     p = counts / counts.sum().clamp_min(1.0)
     entropy = -torch.special.xlogy(p, p).sum()
-    return {f"{prefix}usage": (counts > 0).float().mean(), f"{prefix}perplexity": entropy.exp()}
+    return (counts > 0).to(counts.dtype).mean(), entropy.exp()
+
+
+def code_stats(counts: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Detached float32 "usage" and "perplexity" (see usage_and_perplexity) of a (K,) code histogram."""
+    usage, perplexity = usage_and_perplexity(counts.float())
+    return {f"{prefix}usage": usage, f"{prefix}perplexity": perplexity}
+
+
+def level_code_stats(counts: list[torch.Tensor], tag: str, overall: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Stats of a multi-level quantizer: `{tag}{i}/usage`, `{tag}{i}/perplexity` for each level's (K,) histogram,
+    then the unprefixed ones of `overall` (all levels' codes together)."""
+    stats: dict[str, torch.Tensor] = {}
+    for i, cnt in enumerate(counts):
+        stats.update(code_stats(cnt, prefix=f"{tag}{i}/"))
+    stats.update(code_stats(overall))
+    return stats
+
+
+def stack_index_maps(indices: list[torch.Tensor], b: int, h: int, w: int) -> torch.Tensor:
+    """One (B·H·W,) index vector per level -> (B, L, H, W)."""
+    return torch.stack([i.view(b, h, w) for i in indices], dim=1)
+
+
+def sum_level_codes(indices: torch.Tensor, depth: int,
+                    lookup: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Residual decode: (B, D', H, W) with 1 <= D' <= depth (or (B, H, W) for D' = 1) -> Σ_i lookup(i, indices of
+    level i) as (B, C, H, W). Sums in level order from zero, as the residual forwards do, so an eval forward's output
+    equals the decode of its indices bit for bit. lookup(i, (N,) int64) -> (N, C) codes of level i."""
+    if indices.dim() == 3:
+        indices = indices[:, None]
+    if indices.dim() != 4 or not 1 <= indices.shape[1] <= depth:
+        raise ValueError(f"expected indices (B, D', H, W) with 1 <= D' <= {depth}, got {tuple(indices.shape)}")
+    b, d, h, w = indices.shape
+    total = None
+    for i in range(d):
+        codes = lookup(i, indices[:, i].reshape(-1))  # (N, C)
+        total = torch.zeros_like(codes) + codes if total is None else total + codes
+    return unflatten_channels_last(total, b, h, w)
 
 
 def flatten_channels_last(z: torch.Tensor) -> torch.Tensor:
@@ -186,9 +229,5 @@ class CodebookQuantizer(Quantizer):
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) int64 -> (B, C, H, W) float32 codebook vectors."""
-        if indices.dim() == 4 and indices.shape[1] == 1:  # (B, 1, H, W): a depth-1 prefix
-            indices = indices[:, 0]
-        if indices.dim() != 3:
-            raise ValueError(f"expected indices of shape (B, H, W), got {tuple(indices.shape)}")
-        check_index_range(indices, self.num_codes)
-        return self.lookup(indices).permute(0, 3, 1, 2).contiguous()
+        flat, b, h, w = single_index_map(indices, self.num_codes)
+        return unflatten_channels_last(self.lookup(flat), b, h, w)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, code_stats
+from .base import Quantizer, QuantizerOutput, code_stats, single_index_map, unflatten_channels_last
 
 Schedule = Literal["cosine", "linear", "exponential"]
 
@@ -96,11 +96,8 @@ class GumbelQuantizer(Quantizer):
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) int64 -> (B, embed_dim, H, W) float32."""
-        if indices.dim() == 4 and indices.shape[1] == 1:
-            indices = indices[:, 0]
-        if indices.dim() != 3:
-            raise ValueError(f"expected indices of shape (B, H, W), got {tuple(indices.shape)}")
-        return F.embedding(indices, self.embed.weight).float().permute(0, 3, 1, 2).contiguous()
+        flat, b, h, w = single_index_map(indices, self.num_codes)
+        return unflatten_channels_last(F.embedding(flat, self.embed.weight).float(), b, h, w)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, n_embed={self.num_codes}, embed_dim={self.embed_dim}, "

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from .assign import code_sums
-from .base import (CodebookQuantizer, Quantizer, QuantizerOutput, code_stats, flatten_channels_last, straight_through,
-                   unflatten_channels_last)
+from .base import (CodebookQuantizer, Quantizer, QuantizerOutput, flatten_channels_last, level_code_stats,
+                   stack_index_maps, straight_through, sum_level_codes, unflatten_channels_last)
 from .depth import random_prefix_depth
 from .ema import EMAVectorQuantizer
 from .maintenance import MaintenanceConfig
@@ -116,12 +116,9 @@ class ResidualVectorQuantizer(Quantizer):
                 self._shared_step(inputs, indices, counts)
             quantized = straight_through(total, z_flat)
         quantized = unflatten_channels_last(quantized, b, h, w).to(z.dtype)
-        idx = torch.stack([i.view(b, h, w) for i in indices], dim=1)  # (B, D, H, W)
-        stats: dict[str, torch.Tensor] = {}
-        for i, cnt in enumerate(counts):
-            stats.update(code_stats(cnt, prefix=f"l{i}/"))
-        stats.update(code_stats(torch.stack(counts).sum(0) if self.shared_codebook else torch.cat(counts)))
-        return QuantizerOutput(quantized, idx, loss, stats)
+        overall = torch.stack(counts).sum(0) if self.shared_codebook else torch.cat(counts)
+        stats = level_code_stats(counts, "l", overall)
+        return QuantizerOutput(quantized, stack_index_maps(indices, b, h, w), loss, stats)
 
     def _shared_step(self, inputs: list[torch.Tensor], indices: list[torch.Tensor], counts: list[torch.Tensor]) -> None:
         """One EMA update and one maintenance step for the shared codebook, from all levels' assignments."""
@@ -134,16 +131,7 @@ class ResidualVectorQuantizer(Quantizer):
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, D', H, W) with D' <= depth (or (B, H, W) for D' = 1) -> Σ of those levels' codes (B, C, H, W)."""
-        if indices.dim() == 3:
-            indices = indices[:, None]
-        if indices.dim() != 4 or not 1 <= indices.shape[1] <= self.depth:
-            raise ValueError(f"expected indices (B, D', H, W) with 1 <= D' <= {self.depth}, got {tuple(indices.shape)}")
-        b, d, h, w = indices.shape
-        total = None
-        for i in range(d):
-            codes = self.level(i).lookup(indices[:, i].reshape(-1))  # (N, C)
-            total = torch.zeros_like(codes) + codes if total is None else total + codes
-        return unflatten_channels_last(total, b, h, w)
+        return sum_level_codes(indices, self.depth, lambda i, idx: self.level(i).lookup(idx))
 
     def set_step(self, step: int) -> None:
         self._step = int(step)
