@@ -69,10 +69,12 @@ def build_quantizer(variant: str, cfg: QuantizerConfig, n_embed: int, embed_dim:
                 beta=cfg.beta, legacy=cfg.legacy, decay=cfg.decay, eps=cfg.eps, maintenance=maintenance,
                 quantize_dropout=cfg.quantize_dropout,
             )
+        code_space = {"codebook_dim": cfg.codebook_dim, "cosine": cfg.use_cosine_sim}  # one level only
         if kind == "vq":
-            return VectorQuantizer(n_embed, embed_dim, beta=cfg.beta, legacy=cfg.legacy, maintenance=maintenance)
+            return VectorQuantizer(n_embed, embed_dim, beta=cfg.beta, legacy=cfg.legacy, maintenance=maintenance,
+                                   **code_space)
         return EMAVectorQuantizer(n_embed, embed_dim, beta=cfg.beta, decay=cfg.decay, eps=cfg.eps,
-                                  maintenance=maintenance)
+                                  maintenance=maintenance, **code_space)
     if variant == "GumbelVQ":
         return GumbelQuantizer(
             in_channels, n_embed, embed_dim, kl_weight=cfg.kl_weight, straight_through=cfg.straight_through,

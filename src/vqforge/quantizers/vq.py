@@ -14,6 +14,7 @@ class VectorQuantizer(CodebookQuantizer):
 
     loss (legacy=True, taming's default): mse(sg[zq], z) + beta·mse(zq, sg[z]); legacy=False puts beta on the
     commitment term instead: beta·mse(sg[zq], z) + mse(zq, sg[z]). State dict: `embedding.weight` (K, C).
+    Options `codebook_dim` (factorised codes) and `cosine` (l2-normalised codes): see CodebookQuantizer.
     """
 
     def __init__(
@@ -23,14 +24,16 @@ class VectorQuantizer(CodebookQuantizer):
         beta: float = 0.25,
         legacy: bool = True,
         maintenance: MaintenanceConfig | None = None,
+        codebook_dim: int | None = None,
+        cosine: bool = False,
     ):
         super().__init__()
         self.num_codes = n_embed
-        self.embed_dim = embed_dim
         self.beta = beta
         self.legacy = legacy
+        width = self._init_code_space(embed_dim, codebook_dim, cosine)  # factorised / cosine codes (base.py)
         # nn.Embedding's own init then uniform(-1/K, 1/K): the same RNG draws as taming, so seeds give the same codebook
-        self.embedding = nn.Embedding(n_embed, embed_dim)
+        self.embedding = nn.Embedding(n_embed, width)
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
         self._init_maintenance(maintenance)
 
@@ -55,4 +58,5 @@ class VectorQuantizer(CodebookQuantizer):
             w[update.mask] = codes
 
     def extra_repr(self) -> str:
-        return f"n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}, legacy={self.legacy}"
+        return (f"n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}, legacy={self.legacy}, "
+                f"codebook_dim={self.codebook_dim}, cosine={self.cosine}")
