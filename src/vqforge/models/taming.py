@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config.schema import FAMILY_ALIASES, VARIANTS_BY_FAMILY, ModelConfig
 from ..errors import ConfigError
-from ..quantizers import Quantizer, QuantizerOutput, build_quantizer
+from ..quantizers import Quantizer, build_quantizer
 from ..quantizers.base import check_index_range
 from .output import TokenizerOutput
 from .registry import register_model
@@ -100,9 +100,6 @@ class TamingVQGAN(nn.Module):
         """(B, in_channels, R, R) -> pre-quantization latent h = quant_conv(encoder(x)), (B, C_h, R/f, R/f)."""
         return self.quant_conv(self.encoder(x))
 
-    def quantize_latent(self, h: torch.Tensor) -> QuantizerOutput:
-        return self.quantize(h)
-
     def decode_latent(self, quant: torch.Tensor) -> torch.Tensor:
         """Quantized latent (B, embed_dim, h, w) -> images (B, out_ch, R, R)."""
         return self.decoder(self.post_quant_conv(quant))
@@ -117,17 +114,35 @@ class TamingVQGAN(nn.Module):
             stats=q.stats,
         )
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, return_dict: bool | None = None
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, tuple] | dict[str, object]:
         """Images (B, C, R, R) in [-1, 1] -> indices (B, h, w), or (B, D, h, w) for residual quantizers.
+
+        taming's form: `return_dict=False` gives taming's tuple `(quant, emb_loss, info)`, quant (B, embed_dim, h, w),
+        emb_loss the quantizer loss, info = (perplexity, None, indices) with indices flattened to (B·h·w,) for
+        one-level VQ/EMA quantizers (taming's default layout), (B, h, w) for Gumbel (as taming's GumbelQuantize), and
+        (B, L, h, w) for multi-level ones. `return_dict=True` gives the same as a dict {"quant", "emb_loss",
+        "indices" (the map), "stats"}.
 
         Call in eval mode: in training mode an EMA codebook would update and Gumbel sampling would be random.
         """
-        return self.quantize(self.encode_to_latent(x)).indices
+        q = self.quantize(self.encode_to_latent(x))
+        if return_dict is None:
+            return q.indices
+        if return_dict:
+            return {"quant": q.quantized, "emb_loss": q.loss, "indices": q.indices, "stats": q.stats}
+        flat = q.indices.dim() == 3 and self.config.quantizer_choice().type in ("vq", "ema")
+        info = (q.stats.get("perplexity"), None, q.indices.reshape(-1) if flat else q.indices)
+        return q.quantized, q.loss, info
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, h, w), or (B, D', h, w) with D' <= depth (the first D' residual levels) -> images."""
         check_index_range(indices, self.quantize.num_codes)  # every level shares K; also covers residual levels
         return self.decode_latent(self.quantize.codes_from_indices(indices))
+
+    def decode_code(self, code_b: torch.Tensor) -> torch.Tensor:
+        """taming's name for decoding code indices (B, h, w) to images; the same as `decode`."""
+        return self.decode(code_b)
 
 
 @register_model("taming", aliases=("TamingVQGAN", "taming_vqgan", "VQGAN", "vqgan", "EMAVQ", "emavq"))
