@@ -337,9 +337,12 @@ def test_gumbel_temperature_schedules() -> None:
     q = GumbelQuantizer(4, 8, 3, temperature_start=s, temperature_end=e, temperature_anneal_steps=n,
                         temperature_schedule="linear")
     z = torch.randn(1, 4, 2, 2)
-    assert float(q(z).stats["temperature"]) == s
+    logged = q(z).stats["temperature"]
+    assert float(logged) == s
     q.set_step(50)
     assert math.isclose(float(q(z).stats["temperature"]), (s + e) / 2, rel_tol=1e-6)
+    assert float(logged) == s  # a value taken earlier (kept on device until the log interval) stays what it was
+    assert "_temperature_stat" not in q.state_dict()  # taming's keys only
 
 
 def test_gumbel_eval_is_argmax_and_keys_match_taming() -> None:

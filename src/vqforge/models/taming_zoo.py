@@ -63,7 +63,8 @@ def from_taming(path: str | Path, map_location: str | torch.device = "cpu") -> n
     ckpt = load_checkpoint(ckpt_path)
     if is_previous_checkpoint(ckpt):
         raise CheckpointError(f"{ckpt_path}: a checkpoint of the previous system, not a taming Lightning checkpoint\n"
-                              f"  fix: `vqforge convert {ckpt_path} --config CONFIG --out DIR`, then from_pretrained(DIR)")
+                              f"  fix: `vqforge convert {ckpt_path} --config CONFIG --out DIR`, then "
+                              "from_pretrained(DIR)")
     model, _ = taming_model_from_checkpoint(ckpt, cfg, str(ckpt_path))
     return model.to(map_location).eval()
 

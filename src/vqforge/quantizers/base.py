@@ -212,8 +212,9 @@ class CodebookQuantizer(Quantizer):
         self.project_out: nn.Linear | None = None
         self.cosine = False
 
-    def _init_code_space(self, embed_dim: int, codebook_dim: int | None, cosine: bool) -> int:
-        """Set up the projections and normalisation of the code space; returns the codebook width."""
+    def _init_code_space(self, num_codes: int, embed_dim: int, codebook_dim: int | None, cosine: bool) -> int:
+        """Set K, embed_dim and the projections and normalisation of the code space; returns the codebook width."""
+        self.num_codes = num_codes
         self.embed_dim = embed_dim
         self.cosine = cosine
         width = embed_dim if codebook_dim is None else codebook_dim

@@ -73,9 +73,8 @@ class EMAVectorQuantizer(CodebookQuantizer):
         cosine: bool = False,
     ):
         super().__init__()
-        self.num_codes = n_embed
+        width = self._init_code_space(n_embed, embed_dim, codebook_dim, cosine)  # factorised / cosine codes (base.py)
         self.beta = beta
-        width = self._init_code_space(embed_dim, codebook_dim, cosine)  # factorised / cosine codes (base.py)
         self.embedding = EMACodebook(n_embed, width, decay, eps)
         self._init_maintenance(maintenance)
 

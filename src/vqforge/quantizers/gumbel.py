@@ -69,10 +69,13 @@ class GumbelQuantizer(Quantizer):
         self.temperature = temperature_start
         self.proj = nn.Conv2d(in_channels, n_embed, 1)
         self.embed = nn.Embedding(n_embed, embed_dim)
+        # the temperature as a device tensor for the stats, refreshed by set_step, not copied host->device each forward
+        self.register_buffer("_temperature_stat", torch.tensor(float(temperature_start)), persistent=False)
 
     def set_step(self, step: int) -> None:
         self.temperature = temperature_at(step, self.temperature_start, self.temperature_end,
                                           self.temperature_anneal_steps, self.temperature_schedule)
+        self._temperature_stat.fill_(self.temperature)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z (B, in_channels, H, W) -> quantized (B, embed_dim, H, W) in z's dtype, indices (B, H, W)."""
@@ -91,7 +94,7 @@ class GumbelQuantizer(Quantizer):
             loss = self.kl_weight * torch.sum(q * torch.log(q * self.num_codes + 1e-10), dim=1).mean()
         counts = torch.bincount(indices.reshape(-1), minlength=self.num_codes).float()
         stats = code_stats(counts)
-        stats["temperature"] = torch.tensor(self.temperature, device=z.device)
+        stats["temperature"] = self._temperature_stat.clone()  # a copy: a later set_step must not change logged values
         return QuantizerOutput(quantized.to(z.dtype), indices, loss, stats)
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:

@@ -28,10 +28,9 @@ class VectorQuantizer(CodebookQuantizer):
         cosine: bool = False,
     ):
         super().__init__()
-        self.num_codes = n_embed
+        width = self._init_code_space(n_embed, embed_dim, codebook_dim, cosine)  # factorised / cosine codes (base.py)
         self.beta = beta
         self.legacy = legacy
-        width = self._init_code_space(embed_dim, codebook_dim, cosine)  # factorised / cosine codes (base.py)
         # nn.Embedding's own init then uniform(-1/K, 1/K): the same RNG draws as taming, so seeds give the same codebook
         self.embedding = nn.Embedding(n_embed, width)
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
