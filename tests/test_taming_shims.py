@@ -72,6 +72,8 @@ def test_gumbel_get_codebook_entry_and_multilevel_refusal():
     idx = torch.randint(0, 16, (2, 3, 5))
     out = q.get_codebook_entry(idx.reshape(-1), (2, 3, 5, 6))
     assert torch.equal(out, q.embed.weight[idx].permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="out of range"):  # checked before the lookup, as for VQ
+        q.get_codebook_entry(torch.full((4,), 16), (1, 2, 2, 6))
     with pytest.raises(ValueError, match="several index levels"):
         ResidualVectorQuantizer(2, 16, 6).get_codebook_entry(idx.reshape(-1), None)
 
