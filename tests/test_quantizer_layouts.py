@@ -173,3 +173,14 @@ def test_code_space_fields_refused_by_families_with_their_own_quantizer() -> Non
     cfg = ModelConfig(family="dalle_vqvae", variant=None, quantizer=QuantizerConfig(use_cosine_sim=True))
     with pytest.raises(ConfigError, match="use_cosine_sim.*does not apply"):
         cfg.check("model")
+
+
+def test_export_in_the_previous_systems_format_refuses_the_code_space_options(tmp_path) -> None:
+    from vqforge import CheckpointError
+    from vqforge.models.user_export import save_user_checkpoint
+
+    from conftest import tiny_config
+
+    cfg = tiny_config(model={"variant": "EMAVQ", "quantizer": {"use_cosine_sim": True}})
+    with pytest.raises(CheckpointError, match="use_cosine_sim.*no counterpart"):
+        save_user_checkpoint(build_model(cfg), cfg, tmp_path / "out")
