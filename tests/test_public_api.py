@@ -12,6 +12,7 @@ from vqforge.eval.evaluator import evaluate
 from vqforge.models.convert import convert_taming_checkpoint
 from vqforge.models.output import TokenizerOutput
 from vqforge.models.pretrained import save_pretrained
+from vqforge.models.taming_zoo import from_taming
 from vqforge.quantizers import (EMAVectorQuantizer, GumbelQuantizer, MaintenanceConfig, Quantizer, QuantizerOutput,
                                 ResidualVectorQuantizer, VectorQuantizer, build_quantizer)
 from vqforge.train.build import build_run
@@ -26,7 +27,7 @@ def test_reexports_are_the_modules_objects():
         "QuantizerOutput": QuantizerOutput, "VectorQuantizer": VectorQuantizer,
         "EMAVectorQuantizer": EMAVectorQuantizer, "GumbelQuantizer": GumbelQuantizer,
         "ResidualVectorQuantizer": ResidualVectorQuantizer, "MaintenanceConfig": MaintenanceConfig,
-        "build_quantizer": build_quantizer,
+        "build_quantizer": build_quantizer, "from_taming": from_taming,
     }
     for name, obj in expected.items():
         assert name in vqforge.__all__, name

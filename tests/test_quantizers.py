@@ -24,7 +24,7 @@ from vqforge.quantizers import (
     build_quantizer,
 )
 from vqforge.quantizers.gumbel import temperature_at
-from vqforge.quantizers.maintenance import squared_distances
+from vqforge.quantizers.assign import squared_distances
 
 from conftest import GOLDEN
 
@@ -337,9 +337,12 @@ def test_gumbel_temperature_schedules() -> None:
     q = GumbelQuantizer(4, 8, 3, temperature_start=s, temperature_end=e, temperature_anneal_steps=n,
                         temperature_schedule="linear")
     z = torch.randn(1, 4, 2, 2)
-    assert float(q(z).stats["temperature"]) == s
+    logged = q(z).stats["temperature"]
+    assert float(logged) == s
     q.set_step(50)
     assert math.isclose(float(q(z).stats["temperature"]), (s + e) / 2, rel_tol=1e-6)
+    assert float(logged) == s  # a value taken earlier (kept on device until the log interval) stays what it was
+    assert "_temperature_stat" not in q.state_dict()  # taming's keys only
 
 
 def test_gumbel_eval_is_argmax_and_keys_match_taming() -> None:
@@ -554,17 +557,41 @@ def test_restart_during_forward_keeps_backward_working() -> None:
     assert z.grad is not None and q.embedding.weight.grad is not None
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_code_sums_equal_the_one_hot_product(deterministic: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vqforge.quantizers.assign import code_sums
+
+    calls = []
+    real = torch.segment_reduce
+    monkeypatch.setattr(torch, "segment_reduce", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    g = torch.Generator().manual_seed(3)
+    k, n, c = 50, 700, 6
+    idx = torch.randint(0, k - 5, (n,), generator=g)  # the last 5 codes unused: their sums must be exactly 0
+    z = torch.randn(n, c, generator=g)
+    expected = (torch.nn.functional.one_hot(idx, k).double().t() @ z.double()).float()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        got = code_sums(idx, z, k)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert got.dtype == torch.float32 and got.shape == (k, c)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[k - 5:], torch.zeros(5, c))
+    assert len(calls) == int(deterministic)  # the sort + segment-sum path only under deterministic algorithms
+
+
 def test_chunked_assignment_matches_one_shot(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vqforge.quantizers import maintenance
+    from vqforge.quantizers import assign
 
     torch.manual_seed(0)
     z, codebook = torch.randn(1000, 4), torch.randn(64, 4)
-    whole = maintenance.nearest_code(z, codebook)
-    monkeypatch.setattr(maintenance, "_CHUNK_ELEMENTS", 64 * 7)  # 7 rows per chunk
-    assert torch.equal(maintenance.nearest_code(z, codebook), whole)
+    whole = assign.nearest_code(z, codebook)
+    monkeypatch.setattr(assign, "_CHUNK_ELEMENTS", 64 * 7)  # 7 rows per chunk
+    assert torch.equal(assign.nearest_code(z, codebook), whole)
     assert torch.equal(whole, torch.cdist(z, codebook).argmin(dim=1))
     idx = torch.randint(0, 64, (1000,))
-    torch.testing.assert_close(maintenance.code_sums(idx, z, 64), torch.zeros(64, 4).index_add_(0, idx, z))
+    torch.testing.assert_close(assign.code_sums(idx, z, 64), torch.zeros(64, 4).index_add_(0, idx, z))
 
 
 # ---------------------------------------------------------------- build_quantizer
@@ -647,7 +674,7 @@ def test_codebooks_stay_identical_across_two_gloo_ranks() -> None:
 
 
 def test_nearest_code_runs_at_full_fp32_precision_under_tf32_settings(monkeypatch):
-    import vqforge.quantizers.maintenance as maint
+    import vqforge.quantizers.assign as maint
 
     seen = []
     real = maint.squared_distances
@@ -763,3 +790,26 @@ def test_two_rank_ema_codebook_equals_one_process_on_both_ranks_batches() -> Non
         assert torch.equal(r0["state"][k], r1["state"][k]), k
         # summation order differs (all-reduce of two partial sums vs one sum): float tolerance, not bitwise
         torch.testing.assert_close(r0["state"][k], ref[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_residual_levels_run_kmeans_in_order() -> None:
+    from vqforge.quantizers.assign import nearest_code
+    from vqforge.quantizers.base import flatten_channels_last
+
+    torch.manual_seed(0)
+    cfg = MaintenanceConfig(kmeans_init=True, kmeans_iters=3, kmeans_batches=2)
+    q = ResidualVectorQuantizer(2, 4, 3, kind="vq", maintenance=cfg).train()
+    l0, l1 = q.levels[0].maintenance, q.levels[1].maintenance
+    batches = [torch.randn(2, 3, 4, 4) for _ in range(3)]  # 32 vectors each >= 4 per code
+    with torch.no_grad():
+        q(batches[0])
+        assert l0.kmeans_pending() and l1.kmeans_pending() and not l1._collected  # level 1 waits for level 0
+        q(batches[1])
+        assert not l0.kmeans_pending() and l1.kmeans_pending()
+        # level 1 collected in this forward, after level 0's k-means: the residuals of the k-means codes
+        z = flatten_channels_last(batches[1])
+        book0 = q.levels[0].codebook
+        expected = z - book0[nearest_code(z, book0)]
+        assert len(l1._collected) == 1 and torch.equal(l1._collected[0], expected)
+        q(batches[2])
+        assert not l1.kmeans_pending()  # kmeans_batches = 2 forwards after level 0's

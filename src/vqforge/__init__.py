@@ -35,6 +35,7 @@ _LAZY = {
     "TokenizerOutput": (".models.output", "TokenizerOutput"),
     "save_pretrained": (".models.pretrained", "save_pretrained"),
     "convert_taming_checkpoint": (".models.convert", "convert_taming_checkpoint"),
+    "from_taming": (".models.taming_zoo", "from_taming"),
     "evaluate": (".eval.evaluator", "evaluate"),
     "build_run": (".train.build", "build_run"),
     "Quantizer": (".quantizers", "Quantizer"),

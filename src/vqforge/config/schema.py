@@ -156,6 +156,12 @@ class QuantizerConfig:
     lfq_entropy_groups: int = 1  # batch entropy over G groups of d/G bits (cheaper, factorized); 1 = exact over K
     # SimVQ: std of the frozen random codebook (a learned linear layer maps it); null = embed_dim^-0.5, the paper's
     simvq_codebook_std: float | None = None
+    # factorised codes (types vq and ema, one level): a codebook of this many columns, with learned linear maps from
+    # and to embed_dim around the assignment (ViT-VQGAN); null = embed_dim
+    codebook_dim: int | None = None
+    # cosine-similarity codes (types vq and ema, one level): inputs and codebook rows are l2-normalised before the
+    # assignment, so codes and commitment loss live on the unit sphere (ViT-VQGAN, Improved VQGAN)
+    use_cosine_sim: bool = False
 
     def check(self, path: str) -> None:
         p = path or "quantizer"
@@ -168,6 +174,8 @@ class QuantizerConfig:
         require(self.lfq_entropy_groups >= 1, f"{p}.lfq_entropy_groups", "must be >= 1", "use 1 (exact) or e.g. 2")
         require(self.simvq_codebook_std is None or self.simvq_codebook_std > 0, f"{p}.simvq_codebook_std",
                 "must be > 0", "use null for the paper's embed_dim^-0.5")
+        require(self.codebook_dim is None or self.codebook_dim >= 1, f"{p}.codebook_dim",
+                f"must be >= 1, got {self.codebook_dim}", "use e.g. 32, or null for embed_dim")
         require(self.beta >= 0, f"{p}.beta", f"must be >= 0, got {self.beta}", "use e.g. 0.25")
         require(0.0 < self.decay < 1.0, f"{p}.decay", f"must be in (0, 1), got {self.decay}", "use e.g. 0.99")
         require(self.eps > 0, f"{p}.eps", f"must be > 0, got {self.eps}", "use e.g. 1e-5")
@@ -253,6 +261,9 @@ def resolve_quantizer(family: str, variant: str | None, q: "QuantizerConfig", n_
         # these families bring their own quantizer (Sinkhorn assignment / the user's EMA codebook)
         require(t is None, f"{qp}.type", f"is {t!r}, but model.family {family} has its own quantizer",
                 f"remove model.quantizer.type, or use model.family: taming or vqvae2 for a {t!r} quantizer")
+        for name in ("codebook_dim", "use_cosine_sim"):
+            require(getattr(q, name) in (None, False), f"{qp}.{name}", f"does not apply to model.family {family} "
+                    "(it brings its own quantizer)", f"remove {name}, or use model.family: taming or vqvae2")
         return QuantizerChoice("ema" if family == "dalle_vqvae" else "vq")
     if family == "vqvae2":
         t = t or "ema"
@@ -279,12 +290,14 @@ def resolve_quantizer(family: str, variant: str | None, q: "QuantizerConfig", n_
         if t == "residual":
             require(q.rvq_levels > 1, f"{qp}.rvq_levels", f"is {q.rvq_levels}, but type 'residual' stacks several levels",
                     "set model.quantizer.rvq_levels to the depth, e.g. 4 (or use type vq / ema for one level)")
-    if t not in ("residual",) and q.rvq_levels > 1:
+    # the one check of rvq_levels against the quantizer (GumbelVQ, PQEMAVQ, fsq, ...); model builders rely on it
+    if t != "residual" and q.rvq_levels > 1:
         raise ConfigError(f"{qp}.rvq_levels", f"residual quantization is not available with quantizer type {t!r}",
                           "use type vq or ema (variant VQModel or EMAVQ) for residual VQ, or rvq_levels: 1")
-    if t == "product":
-        require(q.rvq_levels == 1, f"{qp}.rvq_levels", "residual quantization is not available with product quantization",
-                "use rvq_levels: 1 (or variant EMAVQ for residual VQ)")
+    for name, on in (("codebook_dim", q.codebook_dim is not None), ("use_cosine_sim", q.use_cosine_sim)):
+        require(not on or t in ("vq", "ema"), f"{qp}.{name}",
+                f"applies to the vq and ema quantizers (one level), but the quantizer is {t!r}",
+                f"remove {name}, or use quantizer type vq or ema with rvq_levels: 1")
     if t == "lfq":
         size_key = f"{path}.vqvae2.nb_entries" if family == "vqvae2" else f"{path}.n_embed"
         require(n_codes >= 2 and n_codes & (n_codes - 1) == 0, size_key,
@@ -397,9 +410,6 @@ class ModelConfig:
         if self.family == "taming":
             require(self.variant in allowed, f"{p}.variant", f"{self.variant!r} is not a taming variant",
                     f"use one of {list(allowed)}")
-            require(not (self.variant in ("GumbelVQ", "PQEMAVQ") and self.quantizer.rvq_levels > 1),
-                    f"{p}.quantizer.rvq_levels", f"residual quantization is not available with {self.variant}",
-                    "use variant VQModel or EMAVQ, or rvq_levels: 1")
             q = self.quantizer
             if q.rvq_levels > 1 and q.rvq_loss == "prefix":
                 require(self.variant == "EMAVQ" and q.shared_codebook, f"{p}.quantizer.rvq_loss",

@@ -19,6 +19,7 @@ from typing import Literal, Sequence
 import torch
 
 from ..distributed import all_reduce_sum
+from ..quantizers.base import usage_and_perplexity
 
 Indices = torch.Tensor | Sequence[torch.Tensor]
 Layout = Literal["single", "residual", "hierarchical"]
@@ -81,15 +82,11 @@ def level_stats(counts: torch.Tensor, level: int = 0) -> LevelStats:
     """Statistics of one level from its (K,) histogram of code counts."""
     c = counts.to(torch.float64)
     k = int(c.numel())
-    total = float(c.sum())
     used = int((c > 0).sum())
-    if total > 0:
-        p = c[c > 0] / total
-        h = float(-(p * p.log()).sum())  # nats
-    else:
-        h = 0.0
-    return LevelStats(level=level, num_codes=k, used=used, dead=k - used, usage=used / k, perplexity=math.exp(h),
-                      entropy_bits=h / math.log(2), tokens=int(total))
+    _, perplexity = usage_and_perplexity(c)  # float64: exact for any realistic token count
+    h = math.log(float(perplexity))  # nats
+    return LevelStats(level=level, num_codes=k, used=used, dead=k - used, usage=used / k, perplexity=float(perplexity),
+                      entropy_bits=h / math.log(2), tokens=int(c.sum()))
 
 
 class CodebookUsage:

@@ -76,25 +76,31 @@ def _read_training_config(path: str | Path) -> Config:
     return cfg
 
 
+def taming_model_from_checkpoint(ckpt: Any, cfg: Config, source: str) -> tuple[torch.nn.Module, SplitStateDict]:
+    """The model of a loaded taming checkpoint (`load_checkpoint`'s result), built from `cfg` with its weights loaded
+    strictly, in memory; and the checkpoint's split state dict (discriminator, dropped loss keys)."""
+    from . import registry
+
+    parts = split_taming_state_dict(extract_state_dict(ckpt, source))
+    if not parts.model:
+        raise CheckpointError(f"{source}: its state_dict holds only loss.* weights, no model\n"
+                              "  fix: pass the checkpoint of the VQGAN itself")
+    model = registry.build(cfg.model)
+    load_state_dict_strict(model, parts.model, source)
+    return model, parts
+
+
 def convert_taming_checkpoint(ckpt_path: str | Path, taming_yaml_path: str | Path | None, out_dir: str | Path,
                               *, config: Config | None = None) -> ConvertReport:
     """Convert a taming `.ckpt` into an exported vqforge model directory (config.json + model.safetensors
     [+ discriminator.safetensors]). `config` (a `Config`) may be given instead of reading `taming_yaml_path`."""
-    from . import registry
-
     if config is None and taming_yaml_path is None:
         raise ValueError("give taming_yaml_path or config")
     cfg = config if config is not None else _read_training_config(taming_yaml_path)
     ckpt = load_checkpoint(ckpt_path)
     if is_previous_checkpoint(ckpt):
         return _convert_previous(ckpt, Path(ckpt_path), cfg, out_dir)
-    parts = split_taming_state_dict(extract_state_dict(ckpt, str(ckpt_path)))
-    if not parts.model:
-        raise CheckpointError(f"{ckpt_path}: its state_dict holds only loss.* weights, no model\n"
-                              "  fix: pass the checkpoint of the VQGAN itself")
-
-    model = registry.build(cfg.model)
-    load_state_dict_strict(model, parts.model, str(ckpt_path))
+    model, parts = taming_model_from_checkpoint(ckpt, cfg, str(ckpt_path))
     out = save_pretrained(model, cfg, out_dir, discriminator=parts.discriminator or None)
     meta = ckpt if isinstance(ckpt, Mapping) else {}
     return ConvertReport(
@@ -152,4 +158,4 @@ def convert_main(args) -> int:
     return 0
 
 
-__all__ = ["convert_taming_checkpoint", "convert_main", "split_taming_state_dict", "SplitStateDict", "ConvertReport"]
+__all__ = ["convert_taming_checkpoint", "taming_model_from_checkpoint", "convert_main", "split_taming_state_dict", "SplitStateDict", "ConvertReport"]

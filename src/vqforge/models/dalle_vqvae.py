@@ -27,7 +27,8 @@ from torch import nn
 
 from ..config.schema import ModelConfig
 from ..quantizers.smoothed_ema import SmoothedEMAQuantizer
-from ..quantizers.vq import CodebookQuantizer, VectorQuantizer
+from ..quantizers.base import CodebookQuantizer
+from ..quantizers.vq import VectorQuantizer
 from .output import TokenizerOutput
 from .registry import register_model
 

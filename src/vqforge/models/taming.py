@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config.schema import FAMILY_ALIASES, VARIANTS_BY_FAMILY, ModelConfig
 from ..errors import ConfigError
-from ..quantizers import Quantizer, QuantizerOutput, build_quantizer
+from ..quantizers import Quantizer, build_quantizer
 from ..quantizers.base import check_index_range
 from .output import TokenizerOutput
 from .registry import register_model
@@ -34,10 +34,7 @@ def check_taming_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.variant", f"{cfg.variant!r} is not a taming-family variant", f"use one of {list(variants)}")
     dd = cfg.ddconfig
     dd.check("model.ddconfig")
-    if cfg.variant in ("GumbelVQ", "PQEMAVQ") and cfg.quantizer.rvq_levels > 1:
-        raise ConfigError("model.quantizer.rvq_levels", f"residual quantization is not available with {cfg.variant}",
-                          "use variant VQModel or EMAVQ, or rvq_levels: 1")
-    cfg.quantizer_choice()  # model.quantizer.type against the variant
+    cfg.quantizer_choice()  # model.quantizer.type and rvq_levels against the variant
 
 
 class TamingVQGAN(nn.Module):
@@ -95,16 +92,13 @@ class TamingVQGAN(nn.Module):
         return self.config.ddconfig.downsample_factor
 
     def set_step(self, step: int) -> None:
-        """Tell the quantizer the global step (temperature schedule, codebook restarts)."""
+        """Tell the quantizer the global step (Gumbel temperature schedule, random-depth draws)."""
         self.quantize.set_step(step)
 
     # --- the pieces -----------------------------------------------------------------------------------------------
     def encode_to_latent(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, R, R) -> pre-quantization latent h = quant_conv(encoder(x)), (B, C_h, R/f, R/f)."""
         return self.quant_conv(self.encoder(x))
-
-    def quantize_latent(self, h: torch.Tensor) -> QuantizerOutput:
-        return self.quantize(h)
 
     def decode_latent(self, quant: torch.Tensor) -> torch.Tensor:
         """Quantized latent (B, embed_dim, h, w) -> images (B, out_ch, R, R)."""
@@ -120,17 +114,35 @@ class TamingVQGAN(nn.Module):
             stats=q.stats,
         )
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, return_dict: bool | None = None
+               ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, tuple] | dict[str, object]:
         """Images (B, C, R, R) in [-1, 1] -> indices (B, h, w), or (B, D, h, w) for residual quantizers.
+
+        taming's form: `return_dict=False` gives taming's tuple `(quant, emb_loss, info)`, quant (B, embed_dim, h, w),
+        emb_loss the quantizer loss, info = (perplexity, None, indices) with indices flattened to (B·h·w,) for
+        one-level VQ/EMA quantizers (taming's default layout), (B, h, w) for Gumbel (as taming's GumbelQuantize), and
+        (B, L, h, w) for multi-level ones. `return_dict=True` gives the same as a dict {"quant", "emb_loss",
+        "indices" (the map), "stats"}.
 
         Call in eval mode: in training mode an EMA codebook would update and Gumbel sampling would be random.
         """
-        return self.quantize(self.encode_to_latent(x)).indices
+        q = self.quantize(self.encode_to_latent(x))
+        if return_dict is None:
+            return q.indices
+        if return_dict:
+            return {"quant": q.quantized, "emb_loss": q.loss, "indices": q.indices, "stats": q.stats}
+        flat = q.indices.dim() == 3 and self.config.quantizer_choice().type in ("vq", "ema")
+        info = (q.stats.get("perplexity"), None, q.indices.reshape(-1) if flat else q.indices)
+        return q.quantized, q.loss, info
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (B, h, w), or (B, D', h, w) with D' <= depth (the first D' residual levels) -> images."""
         check_index_range(indices, self.quantize.num_codes)  # every level shares K; also covers residual levels
         return self.decode_latent(self.quantize.codes_from_indices(indices))
+
+    def decode_code(self, code_b: torch.Tensor) -> torch.Tensor:
+        """taming's name for decoding code indices (B, h, w) to images; the same as `decode`."""
+        return self.decode(code_b)
 
 
 @register_model("taming", aliases=("TamingVQGAN", "taming_vqgan", "VQGAN", "vqgan", "EMAVQ", "emavq"))

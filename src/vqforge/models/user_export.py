@@ -60,6 +60,11 @@ def user_state_dict(model: nn.Module, cfg: Config) -> dict[str, torch.Tensor]:
             "system, whose residual VQ shares one EMA codebook with the prefix loss\n"
             "  fix: train with variant EMAVQ, quantizer.shared_codebook: true and quantizer.rvq_loss: prefix (what "
             "rvq_levels in the previous system's configs means), or export in vqforge's format")
+    q = cfg.model.quantizer
+    if q.codebook_dim is not None or q.use_cosine_sim:
+        raise CheckpointError("--format user: factorised (codebook_dim) or cosine-similarity (use_cosine_sim) codes "
+                              "have no counterpart in the previous system, which would decode them wrongly\n"
+                              "  fix: export in vqforge's format (leave out --format)")
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".maintenance." not in k
             and not k.startswith("maintenance.")}
 

@@ -159,7 +159,8 @@ class CodeLayer(nn.Module):
         choice = resolve_quantizer("vqvae2", None, quantizer, nb_entries)
         if choice.type == "ema":
             self.quantizer = EMAVectorQuantizer(nb_entries, embed_dim, beta=quantizer.beta, decay=quantizer.decay,
-                                                eps=quantizer.eps, maintenance=MaintenanceConfig.from_config(quantizer))
+                                                eps=quantizer.eps, maintenance=MaintenanceConfig.from_config(quantizer),
+                                                codebook_dim=quantizer.codebook_dim, cosine=quantizer.use_cosine_sim)
         else:
             self.quantizer = build_quantizer_of_type(choice, quantizer, nb_entries, embed_dim, embed_dim)
 

@@ -1,4 +1,8 @@
-"""Quantizers: one file each; all return QuantizerOutput and can map indices back to codes."""
+"""Quantizers: one file each; all return QuantizerOutput and can map indices back to codes.
+
+base.py holds the interface and the shared machinery of nearest-neighbour quantizers, assign.py the assignment math
+(distances, nearest code, per-code counts and sums), maintenance.py k-means initialisation and dead-code restarts.
+"""
 
 from __future__ import annotations
 
@@ -20,17 +24,6 @@ from .vq import VectorQuantizer
 KNOWN_VARIANTS = ("VQModel", "EMAVQ", "GumbelVQ", "PQEMAVQ")
 
 
-def build_product(cfg: QuantizerConfig, n_embed: int, embed_dim: int) -> ProductEMAQuantizer:
-    """Product quantizer: cfg.num_subspaces EMA codebooks of n_embed codes (decay, eps, beta from cfg)."""
-    if cfg.rvq_levels > 1:
-        raise ConfigError("model.quantizer.rvq_levels", "residual quantization is not available with product "
-                          "quantization", "use rvq_levels: 1 (or variant EMAVQ for residual VQ)")
-    if embed_dim % cfg.num_subspaces:
-        raise ConfigError("model.quantizer.num_subspaces", f"embed_dim {embed_dim} is not divisible into "
-                          f"{cfg.num_subspaces} subspaces", "choose num_subspaces dividing embed_dim")
-    return ProductEMAQuantizer(n_embed, embed_dim, cfg.num_subspaces, beta=cfg.beta, decay=cfg.decay, eps=cfg.eps)
-
-
 def build_quantizer(variant: str, cfg: QuantizerConfig, n_embed: int, embed_dim: int, in_channels: int) -> Quantizer:
     """The quantizer of a taming-family variant, configured by every QuantizerConfig field that applies to it.
 
@@ -42,7 +35,7 @@ def build_quantizer(variant: str, cfg: QuantizerConfig, n_embed: int, embed_dim:
     """
     if variant not in KNOWN_VARIANTS:
         raise ConfigError("model.variant", f"unknown quantizer variant {variant!r}", f"use one of {list(KNOWN_VARIANTS)}")
-    choice = resolve_quantizer("taming", variant, cfg, n_embed)
+    choice = resolve_quantizer("taming", variant, cfg, n_embed)  # rvq_levels and type against the variant
     if choice.type in TYPED_QUANTIZERS:
         return build_quantizer_of_type(choice, cfg, n_embed, embed_dim, in_channels)
     if choice.type == "ema" and variant == "VQModel":
@@ -55,7 +48,10 @@ def build_quantizer(variant: str, cfg: QuantizerConfig, n_embed: int, embed_dim:
         variant = "PQEMAVQ"
     maintenance = MaintenanceConfig.from_config(cfg)
     if variant == "PQEMAVQ":
-        return build_product(cfg, n_embed, embed_dim)
+        if embed_dim % cfg.num_subspaces:
+            raise ConfigError("model.quantizer.num_subspaces", f"embed_dim {embed_dim} is not divisible into "
+                              f"{cfg.num_subspaces} subspaces", "choose num_subspaces dividing embed_dim")
+        return ProductEMAQuantizer(n_embed, embed_dim, cfg.num_subspaces, beta=cfg.beta, decay=cfg.decay, eps=cfg.eps)
     if variant in ("VQModel", "EMAVQ"):
         kind = "vq" if variant == "VQModel" else "ema"
         if cfg.rvq_levels > 1:
@@ -73,14 +69,13 @@ def build_quantizer(variant: str, cfg: QuantizerConfig, n_embed: int, embed_dim:
                 beta=cfg.beta, legacy=cfg.legacy, decay=cfg.decay, eps=cfg.eps, maintenance=maintenance,
                 quantize_dropout=cfg.quantize_dropout,
             )
+        code_space = {"codebook_dim": cfg.codebook_dim, "cosine": cfg.use_cosine_sim}  # one level only
         if kind == "vq":
-            return VectorQuantizer(n_embed, embed_dim, beta=cfg.beta, legacy=cfg.legacy, maintenance=maintenance)
+            return VectorQuantizer(n_embed, embed_dim, beta=cfg.beta, legacy=cfg.legacy, maintenance=maintenance,
+                                   **code_space)
         return EMAVectorQuantizer(n_embed, embed_dim, beta=cfg.beta, decay=cfg.decay, eps=cfg.eps,
-                                  maintenance=maintenance)
+                                  maintenance=maintenance, **code_space)
     if variant == "GumbelVQ":
-        if cfg.rvq_levels > 1:
-            raise ConfigError("model.quantizer.rvq_levels", "residual quantization is not available with GumbelVQ",
-                              "use variant VQModel or EMAVQ, or rvq_levels: 1")
         return GumbelQuantizer(
             in_channels, n_embed, embed_dim, kl_weight=cfg.kl_weight, straight_through=cfg.straight_through,
             temperature_start=cfg.temperature_start, temperature_end=cfg.temperature_end,
@@ -130,7 +125,6 @@ __all__ = [
     "SimVQuantizer",
     "SinkhornQuantizer",
     "TYPED_QUANTIZERS",
-    "build_product",
     "VectorQuantizer",
     "build_quantizer",
     "build_quantizer_of_type",

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from .. import distributed
-from .maintenance import CodeUpdate, MaintenanceConfig, code_sums
-from .vq import CodebookQuantizer
+from .assign import code_sums
+from .base import CodebookQuantizer
+from .maintenance import CodeUpdate, MaintenanceConfig
 
 
 class EMACodebook(nn.Module):
@@ -56,7 +57,8 @@ class EMAVectorQuantizer(CodebookQuantizer):
     loss = beta·mse(sg[zq], z), then update the codebook:
     cluster_size ← decay·cluster_size + (1−decay)·counts; embed_avg ← decay·embed_avg + (1−decay)·onehotᵀz;
     weight = embed_avg / smoothed cluster_size. counts and onehotᵀz are summed over DDP ranks first, so every rank
-    keeps the same codebook. Eval mode never updates.
+    keeps the same codebook. Eval mode never updates. Options `codebook_dim` (factorised codes) and `cosine`
+    (l2-normalised codes): see CodebookQuantizer; the EMA then averages the projected, normalised vectors.
     """
 
     def __init__(
@@ -67,12 +69,13 @@ class EMAVectorQuantizer(CodebookQuantizer):
         decay: float = 0.99,
         eps: float = 1e-5,
         maintenance: MaintenanceConfig | None = None,
+        codebook_dim: int | None = None,
+        cosine: bool = False,
     ):
         super().__init__()
-        self.num_codes = n_embed
-        self.embed_dim = embed_dim
+        width = self._init_code_space(n_embed, embed_dim, codebook_dim, cosine)  # factorised / cosine codes (base.py)
         self.beta = beta
-        self.embedding = EMACodebook(n_embed, embed_dim, decay, eps)
+        self.embedding = EMACodebook(n_embed, width, decay, eps)
         self._init_maintenance(maintenance)
 
     @property
@@ -104,4 +107,5 @@ class EMAVectorQuantizer(CodebookQuantizer):
         e.embed_avg[rows] = codes * size[:, None]
 
     def extra_repr(self) -> str:
-        return f"n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}"
+        return (f"n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}, "
+                f"codebook_dim={self.codebook_dim}, cosine={self.cosine}")

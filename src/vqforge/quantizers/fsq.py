@@ -23,8 +23,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, single_index_map
-from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
+from .base import (Quantizer, QuantizerOutput, code_stats, flatten_channels_last, single_index_map, straight_through,
+                   unflatten_channels_last)
 
 _EPS = 1e-3  # keeps the bounded range strictly inside the outermost rounding cells
 

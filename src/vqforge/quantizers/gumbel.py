@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput
-from .vq import code_stats
+from .base import Quantizer, QuantizerOutput, code_stats, single_index_map, unflatten_channels_last
 
 Schedule = Literal["cosine", "linear", "exponential"]
 
@@ -70,10 +69,13 @@ class GumbelQuantizer(Quantizer):
         self.temperature = temperature_start
         self.proj = nn.Conv2d(in_channels, n_embed, 1)
         self.embed = nn.Embedding(n_embed, embed_dim)
+        # the temperature as a device tensor for the stats, refreshed by set_step, not copied host->device each forward
+        self.register_buffer("_temperature_stat", torch.tensor(float(temperature_start)), persistent=False)
 
     def set_step(self, step: int) -> None:
         self.temperature = temperature_at(step, self.temperature_start, self.temperature_end,
                                           self.temperature_anneal_steps, self.temperature_schedule)
+        self._temperature_stat.fill_(self.temperature)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z (B, in_channels, H, W) -> quantized (B, embed_dim, H, W) in z's dtype, indices (B, H, W)."""
@@ -92,16 +94,13 @@ class GumbelQuantizer(Quantizer):
             loss = self.kl_weight * torch.sum(q * torch.log(q * self.num_codes + 1e-10), dim=1).mean()
         counts = torch.bincount(indices.reshape(-1), minlength=self.num_codes).float()
         stats = code_stats(counts)
-        stats["temperature"] = torch.tensor(self.temperature, device=z.device)
+        stats["temperature"] = self._temperature_stat.clone()  # a copy: a later set_step must not change logged values
         return QuantizerOutput(quantized.to(z.dtype), indices, loss, stats)
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, H, W) int64 -> (B, embed_dim, H, W) float32."""
-        if indices.dim() == 4 and indices.shape[1] == 1:
-            indices = indices[:, 0]
-        if indices.dim() != 3:
-            raise ValueError(f"expected indices of shape (B, H, W), got {tuple(indices.shape)}")
-        return F.embedding(indices, self.embed.weight).float().permute(0, 3, 1, 2).contiguous()
+        flat, b, h, w = single_index_map(indices, self.num_codes)
+        return unflatten_channels_last(F.embedding(flat, self.embed.weight).float(), b, h, w)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, n_embed={self.num_codes}, embed_dim={self.embed_dim}, "

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from .base import Quantizer, QuantizerOutput, single_index_map
-from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
+from .base import (Quantizer, QuantizerOutput, code_stats, flatten_channels_last, single_index_map, straight_through,
+                   unflatten_channels_last)
 
 # elements of one (tokens, codes) probability block in the chunked batch entropy
 _BLOCK_ELEMENTS = 1 << 22

@@ -11,8 +11,6 @@ streams in step) and then rank 0's result is broadcast, so the codebook stays id
 
 from __future__ import annotations
 
-import contextlib
-
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,12 +18,10 @@ import torch
 from torch import nn
 
 from .. import distributed
+from .assign import code_counts, code_sums, nearest_code
 
 if TYPE_CHECKING:
     from ..config.schema import QuantizerConfig
-
-# rows per chunk when building (chunk, K) one-hot or distance matrices, to bound memory on large batches
-_CHUNK_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -49,69 +45,6 @@ class MaintenanceConfig:
             kmeans_batches=cfg.kmeans_batches,
             restart_unused_steps=cfg.restart_unused_steps,
         )
-
-
-def _chunk_rows(num_codes: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(num_codes, 1))
-
-
-def squared_distances(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(N, C), (K, C) -> (N, K) squared distances ||z||² + ||e||² − 2 z·e (taming-transformers' formula, op order)."""
-    return (
-        torch.sum(z_flat**2, dim=1, keepdim=True)
-        + torch.sum(codebook**2, dim=1)
-        - 2 * torch.einsum("bd,dn->bn", z_flat, codebook.t())
-    )
-
-
-@contextlib.contextmanager
-def _full_fp32_matmul():
-    """float32 matmuls at full precision (no TF32 / reduced-precision kernels) inside, the caller's setting after."""
-    before = torch.get_float32_matmul_precision()
-    if before == "highest":
-        yield
-        return
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
-
-
-def nearest_code(z_flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codebook row for each row of `z_flat`: (N, C), (K, C) -> (N,) int64.
-
-    Always float32 with autocast off (bf16 distances pick wrong codes) and at full float32 matmul precision, also
-    after `torch.set_float32_matmul_precision("high")` (TF32 keeps a 10-bit mantissa, which changes argmins). Ties go
-    to the lowest index (torch.argmin), as in taming-transformers. Large batches are processed in row chunks so the
-    (N, K) matrix stays bounded.
-    """
-    with torch.no_grad(), torch.autocast(device_type=z_flat.device.type, enabled=False), _full_fp32_matmul():
-        z = z_flat.float()
-        e = codebook.float()
-        rows = _chunk_rows(e.shape[0])
-        if z.shape[0] <= rows:
-            return torch.argmin(squared_distances(z, e), dim=1)
-        return torch.cat([torch.argmin(squared_distances(c, e), dim=1) for c in z.split(rows)])
-
-
-def code_counts(indices: torch.Tensor, num_codes: int) -> torch.Tensor:
-    """(N,) int64 -> (K,) float32 number of rows assigned to each code."""
-    return torch.bincount(indices.reshape(-1), minlength=num_codes).float()
-
-
-def code_sums(indices: torch.Tensor, z_flat: torch.Tensor, num_codes: int) -> torch.Tensor:
-    """Σ of the rows of `z_flat` assigned to each code, i.e. onehotᵀ z: (N,), (N, C) -> (K, C) float32.
-
-    A one-hot matmul (chunked) rather than index_add_, because it is deterministic on GPUs.
-    """
-    z = z_flat.detach().float()
-    out = torch.zeros(num_codes, z.shape[1], device=z.device, dtype=torch.float32)
-    rows = _chunk_rows(num_codes)
-    for idx, zc in zip(indices.split(rows), z.split(rows)):
-        onehot = nn.functional.one_hot(idx, num_codes).float()  # (n, K)
-        out += onehot.t() @ zc
-    return out
 
 
 def kmeans_plusplus(data: torch.Tensor, num_codes: int) -> torch.Tensor:
@@ -186,9 +119,25 @@ class CodebookMaintenance(nn.Module):
         if cfg.restart_unused_steps > 0:
             self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))
         # encoder outputs collected for k-means (from every rank); not checkpointed: a run resumed before k-means ran
-        # collects again from the resumed step, so resume is exact only from a checkpoint after k-means ran
+        # collects again from the resumed step, so resume is exact only from a checkpoint after k-means ran (the
+        # resume window: the first kmeans_batches or more training forwards, D times that for staged residual levels)
         self._collected: list[torch.Tensor] = []
         self._kmeans_known_done = False  # host-side mirror of kmeans_done, avoids a device sync every step
+        # k-means of these codebooks must be done before this one collects (residual levels: level i's inputs are
+        # what level i-1's codebook leaves, meaningful only once that codebook holds its k-means codes). A tuple,
+        # not a submodule: no state-dict keys.
+        self._waits_for: tuple[CodebookMaintenance, ...] = ()
+
+    def wait_for(self, other: CodebookMaintenance) -> None:
+        """Collect k-means data only once `other`'s k-means initialisation is done."""
+        self._waits_for = (*self._waits_for, other)
+
+    def kmeans_pending(self) -> bool:
+        """True while k-means initialisation is on and has not run yet (one device sync, then the host mirror)."""
+        if not self.cfg.kmeans_init or self._kmeans_known_done:
+            return False
+        self._kmeans_known_done = bool(self.kmeans_done)
+        return not self._kmeans_known_done
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -205,11 +154,9 @@ class CodebookMaintenance(nn.Module):
 
     def kmeans_step(self, z_flat: torch.Tensor) -> CodeUpdate | None:
         """Collect (N, C) encoder outputs of every rank; once at least kmeans_batches calls and at least
-        KMEANS_MIN_ROWS_PER_CODE x K vectors are collected, return the k-means codebook (once per run)."""
-        if not self.cfg.kmeans_init or self._kmeans_known_done:
-            return None
-        if bool(self.kmeans_done):
-            self._kmeans_known_done = True
+        KMEANS_MIN_ROWS_PER_CODE x K vectors are collected, return the k-means codebook (once per run). Nothing is
+        collected while a codebook this one waits for (`wait_for`) is not initialised yet."""
+        if not self.kmeans_pending() or any(m.kmeans_pending() for m in self._waits_for):
             return None
         # every rank's vectors (identical list on all ranks): k-means sees all the data the run has
         self._collected.append(distributed.all_gather_rows(z_flat.detach().float()))

@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from .. import distributed
-from .base import Quantizer, QuantizerOutput
+from .assign import code_counts, code_sums, nearest_code
+from .base import (Quantizer, QuantizerOutput, flatten_channels_last, level_code_stats, stack_index_maps,
+                   straight_through, unflatten_channels_last)
 from .ema import EMACodebook
-from .maintenance import code_counts, code_sums, nearest_code
-from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
 
 
 class ProductEMAQuantizer(Quantizer):
@@ -69,12 +69,8 @@ class ProductEMAQuantizer(Quantizer):
             loss = self.beta * torch.mean((q_flat.detach() - z_flat) ** 2)
             quantized = straight_through(q_flat, z_flat)
         quantized = unflatten_channels_last(quantized, b, h, w).to(z.dtype)
-        idx_map = torch.stack([i.view(b, h, w) for i in indices], dim=1)  # (B, S, H, W)
-        stats: dict[str, torch.Tensor] = {}
-        for s, cnt in enumerate(counts):
-            stats.update(code_stats(cnt, prefix=f"s{s}/"))
-        stats.update(code_stats(torch.cat(counts)))  # usage over all S·K stored codes
-        return QuantizerOutput(quantized, idx_map, loss, stats)
+        stats = level_code_stats(counts, "s", torch.cat(counts))  # overall usage: over all S·K stored codes
+        return QuantizerOutput(quantized, stack_index_maps(indices, b, h, w), loss, stats)  # indices (B, S, H, W)
 
     @torch.no_grad()
     def _ema_update(self, z_sub: torch.Tensor, indices: list[torch.Tensor], counts: list[torch.Tensor]) -> None:

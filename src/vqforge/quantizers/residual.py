@@ -12,7 +12,9 @@ Choices:
   codebook). Per-level EMA codebooks update after their own level, which is the same thing for independent codebooks.
 - Codebook maintenance with a shared codebook runs once per step: k-means on the level-1 inputs (z), dead-code
   restarts from the usage of all levels together, with new codes drawn from all levels' inputs. With per-level
-  codebooks each level maintains itself on its own inputs.
+  codebooks each level maintains itself on its own inputs, and k-means runs level by level: level i collects its
+  inputs only after level i−1's k-means is done (its residuals are then those of the k-means codes, not of the
+  random start), so with kmeans_batches = b the last level is initialised after about D·b training forwards.
 - Random-depth training (`quantize_dropout`, depth.py): a training forward may quantize only a prefix of the levels;
   indices then have that many levels.
 - Overall stats use the histogram of all levels' codes over all codebook entries (K shared, D·K per level).
@@ -25,18 +27,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput
+from .assign import code_sums
+from .base import (CodebookQuantizer, Quantizer, QuantizerOutput, flatten_channels_last, level_code_stats,
+                   stack_index_maps, straight_through, sum_level_codes, unflatten_channels_last)
 from .depth import random_prefix_depth
 from .ema import EMAVectorQuantizer
-from .maintenance import MaintenanceConfig, code_sums
-from .vq import (
-    CodebookQuantizer,
-    VectorQuantizer,
-    code_stats,
-    flatten_channels_last,
-    straight_through,
-    unflatten_channels_last,
-)
+from .maintenance import MaintenanceConfig
+from .vq import VectorQuantizer
 
 InnerKind = Literal["vq", "ema"]
 
@@ -82,6 +79,10 @@ class ResidualVectorQuantizer(Quantizer):
             self.shared = make()
         else:
             self.levels = nn.ModuleList(make() for _ in range(levels))
+            # k-means in level order: level i collects residuals only once level i-1 holds its k-means codes
+            for prev, cur in zip(self.levels, self.levels[1:]):
+                if prev.maintenance is not None and cur.maintenance is not None:
+                    cur.maintenance.wait_for(prev.maintenance)
 
     def level(self, i: int) -> CodebookQuantizer:
         return self.shared if self.shared_codebook else self.levels[i]  # type: ignore[return-value]
@@ -91,7 +92,6 @@ class ResidualVectorQuantizer(Quantizer):
         b, c, h, w = z.shape
         if c != self.embed_dim:
             raise ValueError(f"ResidualVectorQuantizer expects {self.embed_dim} channels, got {tuple(z.shape)}")
-        per_level = not self.shared_codebook  # a shared codebook is updated/maintained once, after all levels
         depth = self.depth
         if self.training:
             self._draws += 1
@@ -105,7 +105,7 @@ class ResidualVectorQuantizer(Quantizer):
             inputs, indices, counts = [], [], []
             loss = z_flat.new_zeros(())
             for i in range(depth):
-                out = self.level(i).quantize_flat(residual, update=per_level, maintain=per_level)
+                out = self.level(i).quantize_flat(residual, shared=self.shared_codebook)
                 inputs.append(residual)
                 indices.append(out.indices)
                 counts.append(out.counts)
@@ -116,12 +116,9 @@ class ResidualVectorQuantizer(Quantizer):
                 self._shared_step(inputs, indices, counts)
             quantized = straight_through(total, z_flat)
         quantized = unflatten_channels_last(quantized, b, h, w).to(z.dtype)
-        idx = torch.stack([i.view(b, h, w) for i in indices], dim=1)  # (B, D, H, W)
-        stats: dict[str, torch.Tensor] = {}
-        for i, cnt in enumerate(counts):
-            stats.update(code_stats(cnt, prefix=f"l{i}/"))
-        stats.update(code_stats(torch.stack(counts).sum(0) if self.shared_codebook else torch.cat(counts)))
-        return QuantizerOutput(quantized, idx, loss, stats)
+        overall = torch.stack(counts).sum(0) if self.shared_codebook else torch.cat(counts)
+        stats = level_code_stats(counts, "l", overall)
+        return QuantizerOutput(quantized, stack_index_maps(indices, b, h, w), loss, stats)
 
     def _shared_step(self, inputs: list[torch.Tensor], indices: list[torch.Tensor], counts: list[torch.Tensor]) -> None:
         """One EMA update and one maintenance step for the shared codebook, from all levels' assignments."""
@@ -134,16 +131,7 @@ class ResidualVectorQuantizer(Quantizer):
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, D', H, W) with D' <= depth (or (B, H, W) for D' = 1) -> Σ of those levels' codes (B, C, H, W)."""
-        if indices.dim() == 3:
-            indices = indices[:, None]
-        if indices.dim() != 4 or not 1 <= indices.shape[1] <= self.depth:
-            raise ValueError(f"expected indices (B, D', H, W) with 1 <= D' <= {self.depth}, got {tuple(indices.shape)}")
-        b, d, h, w = indices.shape
-        total = None
-        for i in range(d):
-            codes = self.level(i).lookup(indices[:, i].reshape(-1))  # (N, C)
-            total = torch.zeros_like(codes) + codes if total is None else total + codes
-        return unflatten_channels_last(total, b, h, w)
+        return sum_level_codes(indices, self.depth, lambda i, idx: self.level(i).lookup(idx))
 
     def set_step(self, step: int) -> None:
         self._step = int(step)

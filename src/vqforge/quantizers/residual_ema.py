@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import torch
 
-from .base import QuantizerOutput
+from .assign import code_counts, code_sums, nearest_code
+from .base import (QuantizerOutput, flatten_channels_last, level_code_stats, stack_index_maps, straight_through,
+                   sum_level_codes, unflatten_channels_last)
 from .depth import random_prefix_depth
 from .ema import EMAVectorQuantizer
-from .maintenance import MaintenanceConfig, code_counts, code_sums, nearest_code
-from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
+from .maintenance import MaintenanceConfig
 
 class ResidualEMAVectorQuantizer(EMAVectorQuantizer):
     """D-depth residual VQ over one shared EMA codebook; the user's RVQ-VQGAN quantizer plus vqforge options."""
@@ -102,29 +103,14 @@ class ResidualEMAVectorQuantizer(EMAVectorQuantizer):
             self.maintain_after(total_counts, torch.cat(inputs))
             quantized = straight_through(prefix, z_flat)
         quantized = unflatten_channels_last(quantized, b, h, w).to(z.dtype)
-        idx_map = torch.stack([i.view(b, h, w) for i in indices], dim=1)  # (B, D', H, W)
-        stats: dict[str, torch.Tensor] = {}
-        for d, cnt in enumerate(counts):
-            stats.update(code_stats(cnt, prefix=f"l{d}/"))
-        stats.update(code_stats(total_counts))
+        stats = level_code_stats(counts, "l", total_counts)
         stats["depth"] = torch.tensor(float(depth))
-        return QuantizerOutput(quantized, idx_map, loss, stats)
+        return QuantizerOutput(quantized, stack_index_maps(indices, b, h, w), loss, stats)
 
     def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, D', H, W) with 1 <= D' <= depth (or (B, H, W) for D' = 1) -> Σ of those depths' codes (B, C, H, W).
-
-        Sums in depth order from zero, as the forward does, so an eval forward's output equals the decode of its
-        indices bit for bit."""
-        if indices.dim() == 3:
-            indices = indices[:, None]
-        if indices.dim() != 4 or not 1 <= indices.shape[1] <= self.depth:
-            raise ValueError(f"expected indices (B, D', H, W) with 1 <= D' <= {self.depth}, got {tuple(indices.shape)}")
-        b, d, h, w = indices.shape
-        total = None
-        for i in range(d):
-            codes = self.lookup(indices[:, i].reshape(-1))  # (N, C)
-            total = torch.zeros_like(codes) + codes if total is None else total + codes
-        return unflatten_channels_last(total, b, h, w)
+        """(B, D', H, W) with 1 <= D' <= depth (or (B, H, W) for D' = 1) -> Σ of those depths' codes (B, C, H, W),
+        bit for bit the eval forward's output (see sum_level_codes)."""
+        return sum_level_codes(indices, self.depth, lambda _, idx: self.lookup(idx))
 
     def extra_repr(self) -> str:
         return (f"depth={self.depth}, n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}, "

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, single_index_map
-from .maintenance import code_counts, nearest_code
-from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
+from .assign import code_counts, nearest_code
+from .base import (Quantizer, QuantizerOutput, code_stats, flatten_channels_last, single_index_map, straight_through,
+                   unflatten_channels_last)
 
 
 class SimVQuantizer(Quantizer):

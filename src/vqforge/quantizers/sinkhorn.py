@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from .base import Quantizer, QuantizerOutput
-from .maintenance import code_counts
-from .vq import code_stats, flatten_channels_last, straight_through, unflatten_channels_last
+from .assign import code_counts
+from .base import (Quantizer, QuantizerOutput, code_stats, flatten_channels_last, straight_through,
+                   unflatten_channels_last)
 
 NormalizeMode = Literal["all", "dim", "null"]
 LossType = Literal["ce", "l2", "l1"]

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from .. import distributed
-from .maintenance import code_sums
-from .vq import CodebookQuantizer
+from .assign import code_sums
+from .base import CodebookQuantizer
 
 
 class SmoothedEMAQuantizer(CodebookQuantizer):

@@ -1,145 +1,12 @@
-"""Straight-through vector quantizer (VQ-VAE, VQGAN), numerically taming-transformers' `VectorQuantizer2`.
-
-Also holds `CodebookQuantizer`, the shared machinery of nearest-neighbour quantizers (this one and the EMA one):
-flattening, float32 assignment, the straight-through output, usage statistics and codebook maintenance hooks.
-"""
+"""Straight-through vector quantizer (VQ-VAE, VQGAN), numerically taming-transformers' `VectorQuantizer2`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, check_index_range
-from .maintenance import CodebookMaintenance, CodeUpdate, MaintenanceConfig, code_counts, nearest_code
-
-
-def code_stats(counts: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Detached "usage" (fraction of codes used) and "perplexity" (exp of the entropy) of a (K,) code histogram."""
-    counts = counts.detach().float()
-    p = counts / counts.sum().clamp_min(1.0)
-    entropy = -torch.special.xlogy(p, p).sum()
-    return {f"{prefix}usage": (counts > 0).float().mean(), f"{prefix}perplexity": entropy.exp()}
-
-
-def flatten_channels_last(z: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B·H·W, C), rows in (b, h, w) order."""
-    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-
-
-def unflatten_channels_last(x: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-    """(B·H·W, C) -> (B, C, H, W)."""
-    return x.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
-
-
-def straight_through(codes: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Value of `codes` exactly, gradient of the identity to `z` (codes get no gradient through this path).
-
-    `codes + (z - z)` keeps the codebook values bit-exact (z - z is exactly 0), so in eval mode the quantized output
-    equals `codes_from_indices(indices)`; taming's `z + (codes - z)` can differ from the codes in the last bit.
-    """
-    return codes.detach() + (z - z.detach())
-
-
-@dataclass
-class FlatQuantized:
-    """One level of nearest-neighbour quantization of flattened vectors."""
-
-    codes: torch.Tensor  # (N, C) float32, selected codebook rows (with gradient to the codebook where it is trained)
-    indices: torch.Tensor  # (N,) int64
-    loss: torch.Tensor  # scalar float32
-    counts: torch.Tensor  # (K,) float32, this process's code histogram
-
-
-class CodebookQuantizer(Quantizer):
-    """Base of quantizers that pick the nearest row of a (K, C) codebook.
-
-    Subclasses provide `codebook`, `_level_loss`, `_write_codes` and (EMA) their update inside `quantize_flat`.
-    """
-
-    embed_dim: int
-    maintenance: CodebookMaintenance | None
-
-    def _init_maintenance(self, maintenance: MaintenanceConfig | None) -> None:
-        if maintenance is not None and maintenance.enabled:
-            self.maintenance = CodebookMaintenance(self.num_codes, maintenance)
-        else:
-            # a plain attribute, not a submodule: no extra state-dict keys when maintenance is off
-            self.maintenance = None
-
-    @property
-    def codebook(self) -> torch.Tensor:
-        """(K, C) codebook."""
-        raise NotImplementedError
-
-    def in_place_parameters(self) -> list[torch.Tensor]:
-        """Parameters a training forward overwrites (k-means, restarts): a skipped step restores them."""
-        return [self.codebook] if self.maintenance is not None else []
-
-    def _write_codes(self, update: CodeUpdate) -> None:
-        """Overwrite codebook rows chosen by maintenance."""
-        raise NotImplementedError
-
-    def _level_loss(self, codes: torch.Tensor, z_flat: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    # maintenance hooks, also called by ResidualVectorQuantizer for a shared codebook
-    def maintain_before(self, z_flat: torch.Tensor) -> None:
-        if self.maintenance is not None and self.training:
-            update = self.maintenance.kmeans_step(z_flat)
-            if update is not None:
-                self._write_codes(update)
-
-    def maintain_after(self, counts: torch.Tensor, samples: torch.Tensor) -> None:
-        if self.maintenance is not None and self.training:
-            update = self.maintenance.restart_step(counts, samples)
-            if update is not None:
-                self._write_codes(update)
-
-    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """(...) int64 -> (..., C) float32 codebook rows."""
-        return F.embedding(indices, self.codebook).float()
-
-    def quantize_flat(self, z_flat: torch.Tensor, *, update: bool = True, maintain: bool = True) -> FlatQuantized:
-        """Quantize (N, C) float32 vectors. `update`: apply codebook updates (EMA) in training mode; `maintain`: run
-        k-means init / restarts. A residual quantizer with a shared codebook turns both off and does them once."""
-        if maintain:
-            self.maintain_before(z_flat)
-        indices = nearest_code(z_flat, self.codebook)  # (N,)
-        codes = self.lookup(indices)  # (N, C)
-        loss = self._level_loss(codes, z_flat)
-        counts = code_counts(indices, self.num_codes)
-        if update:
-            self._update_codebook(indices, counts, z_flat)
-        if maintain:
-            self.maintain_after(counts, z_flat)
-        return FlatQuantized(codes=codes, indices=indices, loss=loss, counts=counts)
-
-    def _update_codebook(self, indices: torch.Tensor, counts: torch.Tensor, z_flat: torch.Tensor) -> None:
-        """Non-gradient codebook update (EMA); nothing for gradient-trained codebooks."""
-
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """z (B, C, H, W) -> quantized (B, C, H, W) in z's dtype, indices (B, H, W), loss, stats."""
-        b, c, h, w = z.shape
-        if c != self.embed_dim:
-            raise ValueError(f"{type(self).__name__} expects {self.embed_dim} channels, got shape {tuple(z.shape)}")
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            z_flat = flatten_channels_last(z).float()  # (B·H·W, C)
-            out = self.quantize_flat(z_flat)
-            quantized = straight_through(out.codes, z_flat)
-        quantized = unflatten_channels_last(quantized, b, h, w).to(z.dtype)
-        return QuantizerOutput(quantized, out.indices.view(b, h, w), out.loss, code_stats(out.counts))
-
-    def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) int64 -> (B, C, H, W) float32 codebook vectors."""
-        if indices.dim() == 4 and indices.shape[1] == 1:  # (B, 1, H, W): a depth-1 prefix
-            indices = indices[:, 0]
-        if indices.dim() != 3:
-            raise ValueError(f"expected indices of shape (B, H, W), got {tuple(indices.shape)}")
-        check_index_range(indices, self.num_codes)
-        return self.lookup(indices).permute(0, 3, 1, 2).contiguous()
+from .base import CodebookQuantizer
+from .maintenance import CodeUpdate, MaintenanceConfig
 
 
 class VectorQuantizer(CodebookQuantizer):
@@ -147,6 +14,7 @@ class VectorQuantizer(CodebookQuantizer):
 
     loss (legacy=True, taming's default): mse(sg[zq], z) + beta·mse(zq, sg[z]); legacy=False puts beta on the
     commitment term instead: beta·mse(sg[zq], z) + mse(zq, sg[z]). State dict: `embedding.weight` (K, C).
+    Options `codebook_dim` (factorised codes) and `cosine` (l2-normalised codes): see CodebookQuantizer.
     """
 
     def __init__(
@@ -156,14 +24,15 @@ class VectorQuantizer(CodebookQuantizer):
         beta: float = 0.25,
         legacy: bool = True,
         maintenance: MaintenanceConfig | None = None,
+        codebook_dim: int | None = None,
+        cosine: bool = False,
     ):
         super().__init__()
-        self.num_codes = n_embed
-        self.embed_dim = embed_dim
+        width = self._init_code_space(n_embed, embed_dim, codebook_dim, cosine)  # factorised / cosine codes (base.py)
         self.beta = beta
         self.legacy = legacy
         # nn.Embedding's own init then uniform(-1/K, 1/K): the same RNG draws as taming, so seeds give the same codebook
-        self.embedding = nn.Embedding(n_embed, embed_dim)
+        self.embedding = nn.Embedding(n_embed, width)
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
         self._init_maintenance(maintenance)
 
@@ -188,4 +57,5 @@ class VectorQuantizer(CodebookQuantizer):
             w[update.mask] = codes
 
     def extra_repr(self) -> str:
-        return f"n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}, legacy={self.legacy}"
+        return (f"n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}, legacy={self.legacy}, "
+                f"codebook_dim={self.codebook_dim}, cosine={self.cosine}")
