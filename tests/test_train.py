@@ -51,7 +51,7 @@ def _train_lines(run_dir: Path) -> list[dict]:
 def test_use_gan_false_builds_no_discriminator(tmp_path, count_adaptive):
     run = _run(tmp_path, loss={"use_gan": False})
     t = run.trainer
-    assert t.discriminator is None and t.opt_d is None and t.gan is None
+    assert t.discriminator is None and t.opt_d is None and t.cfg.gan is None
     _fit(run)
     assert count_adaptive == []
     assert t.counters.disc_steps == 0
@@ -188,7 +188,7 @@ def test_taming_learning_rate_rule(tmp_path):
     run = build_run(parse_config(cfg), tmp_path / "run")
     run.logger.close()
     # base × batch (2) × processes (1) × accumulation (2)
-    assert run.trainer.lr_plan.base_lr == pytest.approx(4e-5)
+    assert run.trainer.cfg.lr_plan.base_lr == pytest.approx(4e-5)
     assert run.config_dict["train"]["resolved_lr"] == pytest.approx(4e-5)
 
 
