@@ -1,7 +1,9 @@
 """The training loop: `Trainer.fit() → train_step() → generator_step() / discriminator_step()`.
 
-The trainer receives built objects (see `build.py`); it never reads the config file. What it owns is the order of
-operations, the counters, gradient accumulation and clipping, the non-finite guard, validation and checkpoints.
+The trainer receives its settings as one `TrainerConfig` and the built objects (see `build.py`); it never reads the
+config file. What it owns is the order of operations, the counters, gradient accumulation and clipping, the
+non-finite guard, validation and checkpoints. Its resumable state is the dict of parts that `Trainer.parts()` names
+(`parts.py`): saving and resuming walk that dict.
 """
 
 from __future__ import annotations
