@@ -119,6 +119,16 @@ def floats(values: dict[str, torch.Tensor | float], *, across_ranks: bool = Fals
     return {k: out[k] for k in values}
 
 
+@dataclass
+class DiscriminatorPass:
+    """A discriminator forward/backward whose optimizer step waits for the training step's finite decision."""
+
+    finite: torch.Tensor  # 0-dim bool on the device: losses and gradient norm finite
+    snapshot: StepSnapshot  # its in-place state before its forward (put back when only its step is skipped)
+    terms: dict[str, torch.Tensor]
+    grad_norm: torch.Tensor
+
+
 def _autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -308,7 +318,7 @@ class Trainer:
         disc = None
         if self.cfg.gan is not None and self.cfg.gan.trains_at(step):
             disc = self._discriminator_backward(step, micro_batches)
-            flags.append(disc[0])
+            flags.append(disc.finite)
         # the step's one host sync: every replica steps or skips together
         finite = dist.all_true_each(torch.stack(flags))
 
@@ -334,9 +344,9 @@ class Trainer:
         self.counters.step += 1
         return StepResult(totals, finite[0], disc_stepped, micro_batches[-1][1], micro_batches[-1][0])
 
-    def _discriminator_backward(self, step: int, micro_batches):
-        """The discriminator's losses and gradients on the step's micro-batches; returns (finite flag on the device,
-        snapshot of its in-place state before its forward, loss terms, gradient norm)."""
+    def _discriminator_backward(self, step: int, micro_batches) -> DiscriminatorPass:
+        """The discriminator's losses and gradients on the step's micro-batches (its update waits for the step's
+        finite decision)."""
         assert self.discriminator is not None and self.opt_d is not None and self.cfg.gan is not None
         self.discriminator.requires_grad_(True)
         snapshot = StepSnapshot(_unwrap(self.discriminator))
@@ -355,18 +365,18 @@ class Trainer:
             for k, v in d_loss.terms.items():
                 d_terms[k] = d_terms.get(k, 0.0) + v.detach() * scale
         dnorm = _grad_norm(self.disc_params, self.cfg.grad_clip, self.device)
-        return ok & torch.isfinite(dnorm), snapshot, d_terms, dnorm
+        return DiscriminatorPass(ok & torch.isfinite(dnorm), snapshot, d_terms, dnorm.detach())
 
-    def _discriminator_update(self, step: int, finite: bool, disc, totals: dict[str, torch.Tensor | float]) -> bool:
-        _, snapshot, d_terms, dnorm = disc
+    def _discriminator_update(self, step: int, finite: bool, disc: DiscriminatorPass,
+                              totals: dict[str, torch.Tensor | float]) -> bool:
         if finite:
             self.opt_d.step()
             self.counters.disc_steps += 1
-            totals.update(d_terms)
-            totals["disc_grad_norm"] = dnorm.detach()
+            totals.update(disc.terms)
+            totals["disc_grad_norm"] = disc.grad_norm
             return True
         self.opt_d.zero_grad(set_to_none=True)
-        snapshot.restore()
+        disc.snapshot.restore()
         self.counters.skipped_steps += 1
         self.logger.info(f"step {step}: non-finite discriminator loss or gradient; discriminator step skipped")
         return False
