@@ -103,3 +103,22 @@ def test_a_new_part_is_saved_and_resumed_from_its_entry_alone(tmp_path, monkeypa
     resumed = build_run(tiny_config(**SECTIONS), tmp_path / "run", resume=str(tmp_path / "run"))
     resumed.logger.close()
     assert resumed.trainer.tally.values == [3, 1, 4]
+
+
+def test_a_run_directory_resolves_to_its_checkpoint_by_the_one_rule(tmp_path):
+    from vqforge.train.checkpoint import resolve_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    for name in ("step_00000002", "step_00000004"):
+        (ckpts / name).mkdir(parents=True)
+        for f in ("config.json", "training_state.json"):
+            (ckpts / name / f).write_text("{}")
+    assert resolve_checkpoint(tmp_path / "run") == ckpts / "step_00000004"  # no `latest`: the highest step
+    (ckpts / "latest").write_text("step_00000002\n")
+    assert resolve_checkpoint(tmp_path / "run") == ckpts / "step_00000002"
+    (ckpts / "latest").write_text(str(ckpts / "step_00000004") + "\n")  # an absolute name
+    assert resolve_checkpoint(tmp_path / "run") == ckpts / "step_00000004"
+    assert resolve_checkpoint(ckpts / "step_00000002") == ckpts / "step_00000002"
+    (ckpts / "step_00000004" / "training_state.json").unlink()
+    with pytest.raises(CheckpointError, match="no training_state.json"):
+        resolve_checkpoint(tmp_path / "run")

@@ -23,20 +23,21 @@ import torch
 
 from ..errors import CheckpointError
 from ..eval.evaluator import is_better
-from ..models.pretrained import atomic_write_text, load_safetensors, read_config, save_safetensors
+from ..models.pretrained import (atomic_write_text, load_safetensors, read_config, resolve_model_dir,
+                                 save_safetensors)
 from .parts import WEIGHT_FILES
 from .state import atomic_dir, commit_dir, fsync_dir, load_tree, save_tree
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a run dir (its latest checkpoint) or a checkpoint dir."""
+    """A checkpoint directory from a run dir or a checkpoint dir. A run dir resolves as for every reader of run
+    directories (`resolve_model_dir`): the checkpoint `latest` names (relative or absolute), else the highest step."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; give a run directory, a checkpoints/step_* directory, or a "
                               "checkpoint file of the previous system (.pth.tar / .pt)")
-    if (p / "checkpoints" / "latest").is_file():
-        name = (p / "checkpoints" / "latest").read_text().strip()
-        p = p / "checkpoints" / name
+    if (p / "checkpoints").is_dir():
+        p = resolve_model_dir(p)
     if not (p / "training_state.json").is_file():
         raise CheckpointError(
             f"{p} is not a vqforge training checkpoint (no training_state.json); resume takes a run directory or "
