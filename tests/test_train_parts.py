@@ -104,6 +104,11 @@ def test_a_new_part_is_saved_and_resumed_from_its_entry_alone(tmp_path, monkeypa
     resumed.logger.close()
     assert resumed.trainer.tally.values == [3, 1, 4]
 
+    # a vqforge without that part refuses the checkpoint instead of dropping the entry
+    monkeypatch.setattr(Trainer, "parts", real_parts)
+    with pytest.raises(CheckpointError, match="does not know: tally"):
+        build_run(tiny_config(**SECTIONS), tmp_path / "other", resume=str(tmp_path / "run"))
+
 
 def test_a_run_directory_resolves_to_its_checkpoint_by_the_one_rule(tmp_path):
     from vqforge.train.checkpoint import resolve_checkpoint

@@ -7,7 +7,9 @@ other part is one top-level entry of `training_state.json` + `.safetensors` (see
 
 A part whose `state_dict()` is None is written as null (the discriminator optimizer of a run without GAN). A part
 that a checkpoint lacks (written by an earlier version, or the entry was null) is loaded with None when the part
-says `optional = True`, and is an error otherwise. Parts load in the order of the dict.
+says `optional = True`, and is an error otherwise. A checkpoint entry that no part claims is an error (nothing is
+silently dropped); an entry for a part this run has switched off (None: the EMA of a run resumed without it) is
+left unused. Parts load in the order of the dict.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ class Counters:
         known = {f.name for f in fields(self)}
         unknown = set(state) - known - self._RETIRED
         if unknown:
-            raise CheckpointError(f"training state: unknown counters {sorted(unknown)}; the checkpoint was written by "
-                                  "a newer vqforge")
+            raise CheckpointError(f"training state: unknown counters {sorted(unknown)} (known: {sorted(known)}); the "
+                                  "checkpoint was written by a newer vqforge: resume with that version")
         for name in known:
             setattr(self, name, int(state.get(name, 0)))
 
@@ -146,6 +148,10 @@ def save_parts(parts: dict[str, Stateful | None]) -> dict[str, Any]:
 
 def load_parts(parts: dict[str, Stateful | None], state: dict[str, Any]) -> list[str]:
     """Load `state` into `parts`, in order; returns the notes of optional parts that started fresh."""
+    unknown = sorted(k for k, v in state.items() if k not in parts and v is not None)
+    if unknown:
+        raise CheckpointError(f"the checkpoint holds parts this vqforge does not know: {', '.join(unknown)} (known: "
+                              f"{', '.join(parts)}); it was written by a newer version: resume with that version")
     notes = []
     for name, part in parts.items():
         if part is None:
