@@ -229,7 +229,7 @@ def vqforge_worker(args) -> None:
         loss_cfg = copy.deepcopy(cfg.loss)
         loss_cfg.perceptual_weight = 1.0
         trainer.objective = VQGANObjective(loss_cfg, LPIPS(standin_vgg16_state())).to(trainer.device)
-        if trainer.channels_last:  # as build_run converts the objective it builds
+        if trainer.cfg.channels_last:  # as build_run converts the objective it builds
             trainer.objective.to(memory_format=torch.channels_last)
     batch = torch.load(work / "batch.pt")  # (B, H, W, C) uint8
     fixed = batch[:, None]  # (B, D=1, H, W, C), the train stream's layout
@@ -248,7 +248,7 @@ def vqforge_worker(args) -> None:
                                   if trainer.discriminator is not None else None)}, work / "init_weights.pt")
     info = {"side": "vqforge", "torch": torch.__version__, "threads": torch.get_num_threads(),
             "variant": cfg.model.variant, "batch": cfg.data.batch_size,
-            "compile": bool(getattr(trainer.forward, "active", False)), "channels_last": trainer.channels_last,
+            "compile": bool(getattr(trainer.forward, "active", False)), "channels_last": trainer.cfg.channels_last,
             "fused_optimizer": bool(trainer.opt_g.param_groups[0].get("fused")),
             "gen_params": sum(p.numel() for p in trainer.gen_params),
             "disc_params": sum(p.numel() for p in trainer.disc_params)}

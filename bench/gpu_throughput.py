@@ -113,7 +113,7 @@ def vqforge_case(case: str, args, batch_u8, work: Path) -> dict:
     lc = copy.deepcopy(cfg.loss)
     lc.perceptual_weight = 1.0
     t.objective = VQGANObjective(lc, LPIPS(compare_taming.standin_vgg16_state())).to(t.device)
-    if t.channels_last:
+    if t.cfg.channels_last:
         t.objective.to(memory_format=torch.channels_last)
     fixed = batch_u8[:, None]  # (B, 1, H, W, C)
     if hasattr(t.stream, "stream"):  # the CUDA prefetcher wraps the stream: feed it the fixed batch
@@ -145,8 +145,8 @@ def vqforge_case(case: str, args, batch_u8, work: Path) -> dict:
         print_profile(case, t.train_step, cuda, sync)
     flops = step_flops(t.train_step) if args.flops else None
     run.logger.close()
-    return {"case": case, "precision": t.precision, "compile": bool(getattr(t.forward, "active", False)),
-            "channels_last": t.channels_last, "step_s": statistics.median(times), "warmup_s": warm_s,
+    return {"case": case, "precision": t.cfg.precision, "compile": bool(getattr(t.forward, "active", False)),
+            "channels_last": t.cfg.channels_last, "step_s": statistics.median(times), "warmup_s": warm_s,
             "peak_mem_GiB": peak, "flops_per_step": flops, "finite": r.finite,
             "total_loss": r.terms.get("total_loss")}
 

@@ -51,7 +51,7 @@ def _train_lines(run_dir: Path) -> list[dict]:
 def test_use_gan_false_builds_no_discriminator(tmp_path, count_adaptive):
     run = _run(tmp_path, loss={"use_gan": False})
     t = run.trainer
-    assert t.discriminator is None and t.opt_d is None and t.gan is None
+    assert t.discriminator is None and t.opt_d is None and t.cfg.gan is None
     _fit(run)
     assert count_adaptive == []
     assert t.counters.disc_steps == 0
@@ -188,7 +188,7 @@ def test_taming_learning_rate_rule(tmp_path):
     run = build_run(parse_config(cfg), tmp_path / "run")
     run.logger.close()
     # base × batch (2) × processes (1) × accumulation (2)
-    assert run.trainer.lr_plan.base_lr == pytest.approx(4e-5)
+    assert run.trainer.cfg.lr_plan.base_lr == pytest.approx(4e-5)
     assert run.config_dict["train"]["resolved_lr"] == pytest.approx(4e-5)
 
 
@@ -680,3 +680,42 @@ def test_non_finite_discriminator_gradient_skips_only_the_discriminator_step(tmp
     assert any(not torch.equal(a, b) for a, b in zip(seen["g"], seen["g_after"]))
     assert all(torch.isfinite(p).all() for p in t.disc_params)
     assert "non-finite discriminator loss or gradient; discriminator step skipped" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_iteration(tmp_path):
+    """Both backward passes run before the one finite decision; a non-finite generator step skips the
+    discriminator step too, and everything either forward wrote (BatchNorm statistics of the discriminator) and the
+    discriminator's optimizer state are as before the iteration."""
+    run = _run(tmp_path, loss={"use_gan": True, "disc_start": 0}, train={"num_steps": 4, "disc_update_every": 1})
+    t = run.trainer
+    t.raw_model.decoder.conv_out.weight.register_hook(lambda g: g * math.inf if t.counters.step == 2 else g)
+    seen = {}
+    real_step = t.train_step
+
+    def spy():
+        if t.counters.step == 2:
+            seen["d"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
+            seen["g"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
+            seen["opt_d"] = {i: {k: v.clone() for k, v in s.items()} for i, s in t.opt_d.state_dict()["state"].items()}
+            seen["disc_steps"] = t.counters.disc_steps
+        res = real_step()
+        if t.counters.step == 3:
+            seen["finite"], seen["stepped"] = res.finite, res.disc_stepped
+            seen["d_after"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
+            seen["g_after"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
+            seen["opt_d_after"] = {i: {k: v.clone() for k, v in s.items()}
+                                   for i, s in t.opt_d.state_dict()["state"].items()}
+            seen["disc_steps_after"] = t.counters.disc_steps
+        return res
+
+    t.train_step = spy
+    _fit(run)
+    assert seen["finite"] is False and seen["stepped"] is False
+    assert seen["disc_steps_after"] == seen["disc_steps"] and t.counters.skipped_steps == 1
+    assert any("running_mean" in k for k in seen["d"])  # BatchNorm statistics are among what is compared
+    changed = [k for k in seen["d"] if not torch.equal(seen["d"][k], seen["d_after"][k])]
+    changed += [k for k in seen["g"] if not torch.equal(seen["g"][k], seen["g_after"][k])]
+    assert not changed, f"the skipped iteration changed {changed[:5]}"
+    for i, s in seen["opt_d"].items():
+        assert all(torch.equal(v, seen["opt_d_after"][i][k]) for k, v in s.items()), i
+    assert t.counters.disc_steps == 3  # steps 0, 1 and 3

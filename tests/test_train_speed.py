@@ -132,7 +132,7 @@ def test_channels_last_is_honoured(tmp_path):
     off = _run(tmp_path, "off", train={"num_steps": 1, "channels_last": False})
     off.logger.close()
     assert not off.trainer.raw_model.decoder.conv_out.weight.is_contiguous(memory_format=cl)
-    assert not off.trainer.channels_last
+    assert not off.trainer.cfg.channels_last
     assert speed.resolve_channels_last(None, torch.device("cpu")) is True
     assert speed.resolve_channels_last(None, torch.device("cuda")) is False  # GroupNorm copies NHWC on CUDA
     assert speed.resolve_channels_last(True, torch.device("cuda")) is True
@@ -168,15 +168,13 @@ def test_precision_auto(monkeypatch):
     assert tiny_config().train.precision == "auto"
 
 
-def test_a_step_reads_back_only_its_finite_decisions(tmp_path, monkeypatch):
-    """Loss terms, codebook statistics and gradient norms stay on the device; the generator step and the
-    discriminator step each read one flag (is everything finite?), and the log interval reads its means once."""
-    run = _run(tmp_path, model={"variant": "VQModel"}, loss={"disc_start": 0},
-               train={"num_steps": 4, "ema_decay": 0.9}, log={"every": 4})
-    t = run.trainer
-    t.train_step()  # first-step work (optimizer state) happens outside the count
-    reads = []
-    for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
+# every way a tensor's value reaches the host (on CUDA each one waits for the device)
+_HOST_READS = ("__bool__", "__float__", "__int__", "__index__", "item", "tolist", "cpu", "numpy")
+
+
+def _count_host_reads(monkeypatch) -> list[str]:
+    reads: list[str] = []
+    for name in _HOST_READS:
         real = getattr(torch.Tensor, name)
 
         def spy(self, *a, _real=real, _name=name, **k):
@@ -184,16 +182,39 @@ def test_a_step_reads_back_only_its_finite_decisions(tmp_path, monkeypatch):
             return _real(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, spy)
-    res = t.train_step()
-    assert res.disc_stepped and reads == ["__bool__", "__bool__"], reads
-    assert all(isinstance(v, (torch.Tensor, float)) for v in res.device_terms.values())
-    assert isinstance(res.device_terms["total_loss"], torch.Tensor)
-    monkeypatch.undo()
+    return reads
+
+
+def test_a_step_reads_back_only_its_finite_decision(tmp_path, monkeypatch):
+    """Loss terms, codebook statistics and gradient norms stay on the device; a step reads one thing back: the
+    generator's and the discriminator's finite flags together (one host read), with gradient accumulation, with and
+    without a discriminator step. A log interval reads its means once."""
+    run = _run(tmp_path, model={"variant": "VQModel"}, loss={"disc_start": 0},
+               train={"num_steps": 6, "ema_decay": 0.9, "grad_accum_steps": 2, "disc_update_every": 2,
+                      "validation_interval": 1000, "save_interval": 1000}, log={"every": 5, "image_every": 1000})
+    t = run.trainer
+    t.train_step()  # first-step work (optimizer state) happens outside the count
+    reads = _count_host_reads(monkeypatch)
+    results = [t.train_step() for _ in range(3)]  # steps 1, 2, 3: the discriminator trains at 2 only
+    assert [r.disc_stepped for r in results] == [False, True, False]
+    assert reads == ["tolist"] * 3, reads
+    assert all(isinstance(v, (torch.Tensor, float)) for r in results for v in r.device_terms.values())
+    assert isinstance(results[1].device_terms["disc_loss"], torch.Tensor)
+
+    # fit runs steps 4 and 5 (completed steps 5 and 6): both end a log interval (every 5, and the last step), which
+    # reads its means once; the last step's checkpoint and validation are not counted here
+    del reads[:]
+    saves = []
+    monkeypatch.setattr(t, "save", lambda metric=None: saves.append(t.counters.step))
+    monkeypatch.setattr(t, "validate", lambda step: {})
     t.fit()
+    assert reads == ["tolist"] * 4, reads  # 2 steps + 2 log intervals
+    assert saves == [6]
+    monkeypatch.undo()
     run.logger.close()
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [l for l in lines if l["split"] == "train"]
-    assert [l["step"] for l in train] == [4] and train[0]["disc_steps"] == 4.0
+    assert [l["step"] for l in train] == [5, 6] and train[0]["disc_steps"] == 3.0
     assert all(isinstance(train[0][k], float) for k in ("total_loss", "g_loss", "grad_norm", "codebook/usage"))
 
 

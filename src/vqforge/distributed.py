@@ -137,6 +137,16 @@ def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
     return bool(t.item() == 0.0)
 
 
+def all_true_each(flags: torch.Tensor) -> list[bool]:
+    """For each entry of the bool tensor `flags`: true when it is true on every rank. One all-reduce and one read to
+    the host for all the flags together (a training step's only device sync)."""
+    if not is_initialized():
+        return [bool(v) for v in flags.tolist()]
+    bad = (~flags.bool()).to(device=_comm_device(flags.device), dtype=torch.int32)
+    dist.all_reduce(bad, op=dist.ReduceOp.SUM)
+    return [v == 0 for v in bad.tolist()]
+
+
 def all_reduce_mean_dict(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
     """The mean over ranks of each value (every rank passes the same keys). One all-reduce for the whole dict."""
     if not is_initialized() or not values:

@@ -14,19 +14,23 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..config import Config, to_dict
+from ..config import Config, dump_yaml, to_dict
 from ..data import build_train_stream, build_val_loader, check_data_config
 from ..errors import CheckpointError, ConfigError
 from ..losses.objective import build_discriminator, build_objective
+from ..models.pretrained import config_json_text, load_weights
+from ..models.previous import read_previous_checkpoint
 from ..models.registry import build as build_model
 from .checkpoint import Checkpointer, load_resume_checkpoint
 from .ema import WeightEMA
 from .logger import RunLogger
 from .optim import decay_groups
-from .trainer import GanSchedule, LRPlan, Trainer
+from .previous_resume import restore_previous
+from .trainer import GanSchedule, LRPlan, Trainer, TrainerConfig
 from .speed import (DevicePrefetcher, make_optimizer, resolve_channels_last, resolve_fused, resolve_precision,
                     to_channels_last, training_forward)
 from .validation import make_validation_fn
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -80,6 +84,22 @@ def check_resume_compatible(saved_cfg: Config, cfg: Config) -> list[str]:
     return sorted(s for s in now if s != "model" and saved[s] != now[s])
 
 
+def trainer_config(cfg: Config, *, lr: float, precision: str, channels_last: bool, use_gan: bool) -> TrainerConfig:
+    """The trainer's settings from the parsed config and the values resolved at start (learning rate, precision,
+    memory format)."""
+    t, lc = cfg.train, cfg.loss
+    plan = LRPlan(lr, t.disc_lr if t.disc_lr is not None else lr, t.lr_schedule, t.num_steps, t.warmup_steps,
+                  t.lr_decay, t.lr_decay_every, t.min_lr, disc_follows_schedule=t.disc_lr_schedule == "same")
+    gan = GanSchedule(lc.disc_start, t.disc_update_every, t.disc_warmup_steps, lc.disc_factor) if use_gan else None
+    return TrainerConfig(
+        num_steps=t.num_steps, lr_plan=plan, gan=gan, grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip,
+        precision=precision, channels_last=channels_last, max_bad_steps=t.max_bad_steps,
+        save_interval=t.save_interval, validation_interval=t.validation_interval, val_max_batches=t.val_max_batches,
+        best_metric=t.best_metric, log_every=cfg.log.every, image_every=cfg.log.image_every,
+        config_json=config_json_text(cfg),
+    )
+
+
 @dataclass
 class Run:
     trainer: Trainer
@@ -97,16 +117,12 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     # a file is a checkpoint of the user's previous system (.pth.tar / .pt); a directory is a vqforge run/checkpoint
     previous = None
     if resume and Path(resume).is_file():
-        from ..models.previous import read_previous_checkpoint
-
         previous = read_previous_checkpoint(resume)  # read before anything is built: a bad file fails fast
     resume_ckpt = load_resume_checkpoint(resume) if resume and previous is None else None
 
     seed_everything(t.seed)  # identical initial weights on every rank
     model = build_model(cfg.model).to(device)
     if cfg.model.init_from and resume_ckpt is None and previous is None:
-        from ..models.pretrained import load_weights
-
         load_weights(model, cfg.model.init_from)
     objective = build_objective(lc).to(device)  # stops here if VGG weights are needed and missing
     discriminator = build_discriminator(lc)
@@ -118,8 +134,6 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     config_dict["train"]["resolved_lr"] = lr  # recorded, not read back
     config_dict["train"]["global_batch_size"] = cfg.data.batch_size * dist.world_size() * t.grad_accum_steps
     config_dict["train"]["world_size"] = dist.world_size()
-    from ..models.pretrained import config_json_text
-
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolution kernels
     channels_last = resolve_channels_last(t.channels_last, device)
@@ -130,40 +144,29 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     train_disc = dist.wrap_ddp(discriminator, device) if discriminator is not None else None
     check_gan_last_layer(model, lc.use_gan)
     fused = resolve_fused(t.fused_optimizer, device)
+    precision = resolve_precision(t.precision, device)
+    tcfg = trainer_config(cfg, lr=lr, precision=precision, channels_last=channels_last,
+                          use_gan=discriminator is not None)
     # parameter groups: weight decay only on weight matrices and kernels outside the quantizer
     opt_g = make_optimizer(t.optimizer, decay_groups(model, t.weight_decay), lr, t.betas, t.weight_decay, fused=fused)
-    disc_lr = t.disc_lr if t.disc_lr is not None else lr
-    opt_d = (make_optimizer(t.optimizer, decay_groups(discriminator, t.weight_decay), disc_lr, t.disc_betas,
-                            t.weight_decay, fused=fused)
+    opt_d = (make_optimizer(t.optimizer, decay_groups(discriminator, t.weight_decay), tcfg.lr_plan.disc_base_lr,
+                            t.disc_betas, t.weight_decay, fused=fused)
              if discriminator is not None else None)
-    gan = (GanSchedule(lc.disc_start, t.disc_update_every, t.disc_warmup_steps, lc.disc_factor)
-           if discriminator is not None else None)
-    plan = LRPlan(lr, disc_lr, t.lr_schedule, t.num_steps, t.warmup_steps, t.lr_decay, t.lr_decay_every, t.min_lr,
-                  disc_follows_schedule=t.disc_lr_schedule == "same")
 
     stream = build_train_stream(cfg.data, t.seed, dist.rank(), dist.world_size())
     val_loader = build_val_loader(cfg.data, dist.rank(), dist.world_size()) if (cfg.data.val or cfg.data.source != "files") else None
 
-    resume_step = int(resume_ckpt["training_state"]["counters"]["step"]) if resume_ckpt is not None else None
+    resume_step = int(resume_ckpt["state"]["counters"]["step"]) if resume_ckpt is not None else None
     logger = RunLogger(run_dir, cfg.log, enabled=dist.is_main(), total_steps=t.num_steps, run_name=run_dir.name,
                        config_dict=config_dict, resume_step=resume_step)
-    precision = resolve_precision(t.precision, device)
     forward = training_forward(train_model, t.compile, device, lambda msg: logger.info(f"warning: {msg}"))
     ckpt = Checkpointer(run_dir, keep_last=t.keep_last, best_metric=t.best_metric,
                         enabled=dist.is_main())
-    trainer = Trainer(
-        model=train_model, objective=objective, discriminator=train_disc, opt_g=opt_g, opt_d=opt_d, gan=gan,
-        lr_plan=plan, train_stream=stream, val_loader=val_loader, logger=logger, checkpointer=ckpt, device=device,
-        num_steps=t.num_steps, grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip, precision=precision,
-        ema=ema, max_bad_steps=t.max_bad_steps, save_interval=t.save_interval,
-        validation_interval=t.validation_interval, val_max_batches=t.val_max_batches, best_metric=t.best_metric,
-        log_every=cfg.log.every, image_every=cfg.log.image_every, config_json=config_json_text(cfg),
-        evaluate_fn=make_validation_fn(objective, cfg), channels_last=channels_last, forward=forward,
-    )
+    trainer = Trainer(tcfg, model=train_model, objective=objective, discriminator=train_disc, opt_g=opt_g, opt_d=opt_d,
+                      train_stream=stream, val_loader=val_loader, logger=logger, checkpointer=ckpt, device=device,
+                      ema=ema, evaluate_fn=make_validation_fn(objective, cfg), forward=forward)
 
     # -- start-up report ------------------------------------------------------------------------------------------
-    from ..config import dump_yaml
-
     g = config_dict["train"]
     derived = (f"# derived at start: global batch {g['global_batch_size']} = data.batch_size {cfg.data.batch_size} × "
                f"{dist.world_size()} process(es) × train.grad_accum_steps {t.grad_accum_steps}; learning rate {lr:g}"
@@ -184,26 +187,16 @@ def build_run(cfg: Config, run_dir: Path, *, resume: str | None = None, warnings
     if discriminator is None:
         logger.info("use_gan: false: no discriminator is built or trained; loss = reconstruction + perceptual + codebook")
     else:
-        logger.info(f"use_gan: true: discriminator trains every {t.disc_update_every} step(s) from step {gan.first_step}; "
+        logger.info(f"use_gan: true: discriminator trains every {t.disc_update_every} step(s) from step {tcfg.gan.first_step}; "
                     f"adversarial term from step {lc.disc_start} (disc_factor {lc.disc_factor}, disc_weight {lc.disc_weight})")
 
     if resume_ckpt is not None:
         for name in check_resume_compatible(resume_ckpt["config"], cfg):
             logger.info(f"resume: section '{name}' differs from the checkpoint's; using the new values")
-        model.load_state_dict(resume_ckpt["model"], strict=True)
-        if ema is not None:
-            if resume_ckpt["model_ema"] is None:
-                logger.info("resume: the checkpoint has no EMA weights; EMA starts from the current weights")
-                ema.load_state_dict(model.state_dict())
-            else:
-                ema.load_state_dict(resume_ckpt["model_ema"])
-        if discriminator is not None:
-            discriminator.load_state_dict(resume_ckpt["discriminator"], strict=True)
-        trainer.load_training_state(resume_ckpt["training_state"])
+        for note in trainer.load_state_dict(resume_ckpt["state"]):
+            logger.info(f"resume: {note}")
         logger.info(f"resumed from {resume} at step {trainer.counters.step}")
     elif previous is not None:
-        from .previous_resume import restore_previous
-
         report = restore_previous(previous, cfg, trainer, model, discriminator, ema)
         for line in report.lines(previous):
             logger.info(line)

@@ -7,6 +7,9 @@ Layout of `RUN_DIR/checkpoints/step_00001000/`:
   discriminator.safetensors  only when use_gan is true
   training_state.json/.safetensors  optimizers, step, counters, RNG states, data position
 `checkpoints/latest` names the newest directory, `checkpoints/best.json` the best by the validation metric.
+
+The trainer hands over its state as a dict of parts (`parts.py`): the weight parts become the safetensors files
+above, every other part one top-level entry of `training_state`; loading gives back the same dict.
 """
 
 from __future__ import annotations
@@ -20,18 +23,21 @@ import torch
 
 from ..errors import CheckpointError
 from ..eval.evaluator import is_better
-from ..models.pretrained import atomic_write_text, load_safetensors, read_config, save_safetensors
+from ..models.pretrained import (atomic_write_text, load_safetensors, read_config, resolve_model_dir,
+                                 save_safetensors)
+from .parts import WEIGHT_FILES
 from .state import atomic_dir, commit_dir, fsync_dir, load_tree, save_tree
 
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a run dir (its latest checkpoint) or a checkpoint dir."""
+    """A checkpoint directory from a run dir or a checkpoint dir. A run dir resolves as for every reader of run
+    directories (`resolve_model_dir`): the checkpoint `latest` names (relative or absolute), else the highest step."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; give a run directory, a checkpoints/step_* directory, or a "
                               "checkpoint file of the previous system (.pth.tar / .pt)")
-    if (p / "checkpoints" / "latest").is_file():
-        name = (p / "checkpoints" / "latest").read_text().strip()
-        p = p / "checkpoints" / name
+    if (p / "checkpoints").is_dir():
+        p = resolve_model_dir(p)
     if not (p / "training_state.json").is_file():
         raise CheckpointError(
             f"{p} is not a vqforge training checkpoint (no training_state.json); resume takes a run directory or "
@@ -76,11 +82,9 @@ class Checkpointer:
         final = self.dir / name
         tmp = atomic_dir(final)
         (tmp / "config.json").write_text(config_json)
-        save_safetensors(model, tmp / "model.safetensors")
-        if model_ema is not None:
-            save_safetensors(model_ema, tmp / "model_ema.safetensors")
-        if discriminator is not None:
-            save_safetensors(discriminator, tmp / "discriminator.safetensors")
+        for part, weights in (("model", model), ("model_ema", model_ema), ("discriminator", discriminator)):
+            if weights is not None:
+                save_safetensors(weights, tmp / WEIGHT_FILES[part])
         save_tree(training_state, tmp, "training_state")
         latest = self.dir / "latest"
         if final.exists():
@@ -100,6 +104,14 @@ class Checkpointer:
                 {"checkpoint": name, "step": step, "metric": self.best_metric, "value": metric}))
         self._prune()
         return final
+
+    def save_state(self, step: int, state: dict, *, config_json: str, metric: float | None = None) -> Path | None:
+        """Save a trainer's {part name: state} (`Trainer.state_dict()`): weight parts as their files, the rest as
+        the training state."""
+        weights = {name: state.get(name) for name in WEIGHT_FILES}
+        return self.save(step, config_json=config_json, model=weights["model"], model_ema=weights["model_ema"],
+                         discriminator=weights["discriminator"], metric=metric,
+                         training_state={k: v for k, v in state.items() if k not in WEIGHT_FILES})
 
     def _prune(self) -> None:
         ckpts = sorted(p for p in self.dir.glob("step_*") if p.is_dir())
@@ -146,14 +158,11 @@ def load_resume_checkpoint(path: str | Path) -> dict:
 
 
 def load_checkpoint(ckpt_dir: Path) -> dict:
-    """Everything a resume needs: the run's Config, tensors and plain values."""
-    def optional(name: str):
-        return load_safetensors(ckpt_dir / name) if (ckpt_dir / name).exists() else None
-
-    return {
-        "config": read_config(ckpt_dir),
-        "model": load_safetensors(ckpt_dir / "model.safetensors"),
-        "training_state": load_tree(ckpt_dir, "training_state"),
-        "model_ema": optional("model_ema.safetensors"),
-        "discriminator": optional("discriminator.safetensors"),
-    }
+    """Everything a resume needs: the run's Config ("config") and the trainer's parts ("state": {part name: state},
+    as `Trainer.load_state_dict` takes it; a weight file that is absent is None)."""
+    state = load_tree(ckpt_dir, "training_state")
+    for name, file in WEIGHT_FILES.items():
+        path = ckpt_dir / file
+        if name == "model" or path.exists():
+            state[name] = load_safetensors(path)
+    return {"config": read_config(ckpt_dir), "state": state}

@@ -25,7 +25,7 @@ from ..config.schema import Config
 from ..models.pretrained import load_state_dict_strict
 from ..models.previous import LAYOUT_NAMES, PreviousCheckpoint, previous_weights
 from ..errors import CheckpointError
-from .trainer import Counters, Trainer
+from .trainer import Trainer
 
 _ADAM_STATE_KEYS = {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
 
@@ -107,7 +107,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _schedule(ckpt: PreviousCheckpoint, trainer: Trainer, step: int, rep: ResumeReport) -> None:
-    plan = trainer.lr_plan
+    plan = trainer.cfg.lr_plan
     ours = plan.base_lr * plan.factor(step)
     sch = ckpt.scheduler
     if ckpt.layout == "later":
@@ -200,10 +200,10 @@ def restore_previous(ckpt: PreviousCheckpoint, cfg: Config, trainer: Trainer, mo
                 rep.fresh.append(f"discriminator optimizer ({d_key}): {why}")
 
     step = ckpt.steps_done
-    trainer.counters = Counters(step=step)
+    trainer.counters.load_state_dict({"step": step})
     rep.restored.append(f"step: {ckpt.step_note}")
-    if step >= trainer.num_steps:
-        rep.notes.append(f"the file is at step {step} and train.num_steps is {trainer.num_steps}: nothing is left to "
+    if step >= trainer.cfg.num_steps:
+        rep.notes.append(f"the file is at step {step} and train.num_steps is {trainer.cfg.num_steps}: nothing is left to "
                          "train; raise train.num_steps to continue")
     _schedule(ckpt, trainer, step, rep)
 

@@ -1,7 +1,9 @@
 """The training loop: `Trainer.fit() → train_step() → generator_step() / discriminator_step()`.
 
-The trainer receives built objects (see `build.py`); it never reads the config file. What it owns is the order of
-operations, the counters, gradient accumulation and clipping, the non-finite guard, validation and checkpoints.
+The trainer receives its settings as one `TrainerConfig` and the built objects (see `build.py`); it never reads the
+config file. What it owns is the order of operations, the counters, gradient accumulation and clipping, the
+non-finite guard, validation and checkpoints. Its resumable state is the dict of parts that `Trainer.parts()` names
+(`parts.py`): saving and resuming walk that dict.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -24,11 +26,11 @@ from .checkpoint import Checkpointer
 from .ema import WeightEMA
 from ..eval.report import labelled_grid
 from .logger import RunLogger, Throughput
-from .optim import load_optimizer_state
+from .parts import (Counters, LastValidation, OptimizerState, PerRankRNG, RNGState, Stateful, WeightEMAState,
+                    load_parts, save_parts)
 from .schedules import lr_factor
 from .snapshot import StepSnapshot
-from .speed import DevicePrefetcher, match_param_layout
-from .state import rng_state, set_rng_state
+from .speed import DevicePrefetcher
 
 
 @dataclass
@@ -38,7 +40,7 @@ class GanSchedule:
     disc_start: int  # generator step from which the adversarial term counts (loss.disc_start)
     update_every: int  # discriminator step every N generator steps
     warmup_steps: int  # the discriminator starts training this many steps before disc_start
-    disc_factor: float  # the factor used for the discriminator loss during warm-up
+    warmup_factor: float  # the factor of the discriminator loss during the warm-up (loss.disc_factor)
 
     @property
     def first_step(self) -> int:
@@ -67,14 +69,25 @@ class LRPlan:
 
 
 @dataclass
-class Counters:
-    """Everything countable that must survive a resume."""
+class TrainerConfig:
+    """The trainer's settings, made once from the parsed config by `build.trainer_config` (the built objects, such as
+    the model, the optimizers and the data stream, are given to `Trainer` separately)."""
 
-    step: int = 0  # completed generator steps
-    disc_steps: int = 0
-    skipped_steps: int = 0  # non-finite steps skipped in total
-    bad_in_a_row: int = 0
-    images_seen: int = 0
+    num_steps: int
+    lr_plan: LRPlan
+    gan: GanSchedule | None = None  # None: use_gan is false, no discriminator exists
+    grad_accum_steps: int = 1
+    grad_clip: float | None = None
+    precision: str = "fp32"  # "fp32" or "bf16" (resolved: never "auto")
+    channels_last: bool = False  # inputs in NHWC (the model's weights are converted by the builder)
+    max_bad_steps: int = 10  # non-finite steps in a row before training stops
+    save_interval: int = 1000
+    validation_interval: int = 500
+    val_max_batches: int | None = None
+    best_metric: str = "psnr"
+    log_every: int = 10
+    image_every: int | None = None  # None: a training reconstruction grid at every validation
+    config_json: str = ""  # the resolved config, written into every checkpoint
 
 
 @dataclass
@@ -92,14 +105,28 @@ class StepResult:
         return floats(self.device_terms)
 
 
-def floats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
-    """Device scalars -> Python floats, with one host transfer for all of them."""
+def floats(values: dict[str, torch.Tensor | float], *, across_ranks: bool = False) -> dict[str, float]:
+    """Device scalars -> Python floats, read to the host together (one read). `across_ranks`: the mean over ranks
+    (one all-reduce first; every rank must call, with the same keys). Plain floats are taken as they are (the
+    learning rate: the same on every rank)."""
     keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
     out = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
     if keys:
-        stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
-        out.update(zip(keys, stacked))
+        stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+        if across_ranks:
+            dist.all_reduce_mean(stacked)
+        out.update(zip(keys, stacked.tolist()))
     return {k: out[k] for k in values}
+
+
+@dataclass
+class DiscriminatorPass:
+    """A discriminator forward/backward whose optimizer step waits for the training step's finite decision."""
+
+    finite: torch.Tensor  # 0-dim bool on the device: losses and gradient norm finite
+    snapshot: StepSnapshot  # its in-place state before its forward (put back when only its step is skipped)
+    terms: dict[str, torch.Tensor]
+    grad_norm: torch.Tensor
 
 
 def _autocast(device: torch.device, precision: str):
@@ -145,20 +172,14 @@ def discriminator_step(
     return loss
 
 
-def _grad_norm(params: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+def _grad_norm(params: list[torch.Tensor], max_norm: float | None, device: torch.device) -> torch.Tensor:
+    """The total gradient norm of `params` (0-dim, on the device), clipping to `max_norm` when given. Nothing is read
+    back to the host: the non-finite guard decides on the returned norm."""
     grads = [p for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros(())
-    # clip_grad_norm_ with an infinite max only measures; error_if_nonfinite off so the guard below decides
+        return torch.zeros((), device=device)
+    # an infinite max only measures; error_if_nonfinite off: a non-finite norm is the guard's to handle (skip the step)
     return torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm is not None else math.inf, foreach=True)
-
-
-def _snapshot(*modules: nn.Module | None) -> StepSnapshot:
-    return StepSnapshot(*modules)
-
-
-def _restore(snapshot: StepSnapshot) -> None:
-    snapshot.restore()
 
 
 def _unwrap(m: nn.Module | None) -> nn.Module | None:
@@ -168,83 +189,75 @@ def _unwrap(m: nn.Module | None) -> nn.Module | None:
 class Trainer:
     def __init__(
         self,
+        cfg: TrainerConfig,
         *,
         model: nn.Module,
         objective: VQGANObjective,
         discriminator: nn.Module | None,
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer | None,
-        gan: GanSchedule | None,
-        lr_plan: LRPlan,
         train_stream: Any,
         val_loader: Iterable | None,
         logger: RunLogger,
         checkpointer: Checkpointer,
         device: torch.device,
-        num_steps: int,
-        grad_accum_steps: int = 1,
-        grad_clip: float | None = None,
-        precision: str = "fp32",
         ema: WeightEMA | None = None,
-        max_bad_steps: int = 10,
-        save_interval: int = 1000,
-        validation_interval: int = 500,
-        val_max_batches: int | None = None,
-        best_metric: str = "psnr",
-        log_every: int = 10,
-        image_every: int | None = None,
-        config_json: str = "",
         evaluate_fn: Callable[..., dict[str, float]] | None = None,
-        channels_last: bool = False,
         forward: Callable[[torch.Tensor], TokenizerOutput] | None = None,
     ):
-        if (discriminator is None) != (gan is None) or (discriminator is None) != (opt_d is None):
+        if (discriminator is None) != (cfg.gan is None) or (discriminator is None) != (opt_d is None):
             raise ValueError("discriminator, its optimizer and its schedule must all be given or all be None")
+        self.cfg = cfg
         self.model = model
         self.raw_model = _unwrap(model)
         self.objective = objective
         self.discriminator = discriminator
         self.opt_g = opt_g
         self.opt_d = opt_d
-        self.gan = gan
-        self.lr_plan = lr_plan
         self.stream = train_stream
         self.val_loader = val_loader
         self.logger = logger
         self.ckpt = checkpointer
         self.device = device
-        self.num_steps = num_steps
-        self.grad_accum_steps = grad_accum_steps
-        self.grad_clip = grad_clip
-        self.precision = precision
         self.ema = ema
-        self.max_bad_steps = max_bad_steps
-        self.save_interval = save_interval
-        self.validation_interval = validation_interval
-        self.val_max_batches = val_max_batches
-        self.best_metric = best_metric
-        self.log_every = log_every
-        self.image_every = image_every if image_every is not None else validation_interval  # null: at validations
-        self.config_json = config_json
         self.evaluate_fn = evaluate_fn
-        self.channels_last = channels_last
         # the training forward: the model itself, or a torch.compile'd call of it (train.compile)
         self.forward = forward if forward is not None else model
+        self.image_every = cfg.image_every if cfg.image_every is not None else cfg.validation_interval
         self.counters = Counters()
+        self.last_val = LastValidation()
         self.gen_params = [p for p in self.model.parameters() if p.requires_grad]
         self.disc_params = [p for p in discriminator.parameters() if p.requires_grad] if discriminator is not None else []
-        self._last_val: dict[str, float] = {}
+
+    def parts(self) -> dict[str, Stateful | None]:
+        """Everything a checkpoint holds, by name (`parts.py`): adding resumable state is one entry here. The names
+        are the checkpoint's file and entry names; None marks a part this run does not have. Loaded in this order:
+        the model before the EMA (which may start from it), `rng` before `rng_per_rank` (which overrides it)."""
+        disc = _unwrap(self.discriminator)
+        return {
+            "model": self.raw_model,
+            "model_ema": WeightEMAState(self.ema, self.raw_model) if self.ema is not None else None,
+            "discriminator": disc,
+            "counters": self.counters,
+            "opt_g": OptimizerState(self.opt_g, self.gen_params),
+            "opt_d": OptimizerState(self.opt_d, self.disc_params) if self.opt_d is not None else None,
+            "rng": RNGState(),
+            "rng_per_rank": PerRankRNG(),
+            "data": self.stream,  # the position reported by the stream in use (the CUDA prefetcher's, if any)
+            "last_val": self.last_val,
+        }
 
     # ---------------------------------------------------------------------------------------------------------
     def _set_lr(self, step: int) -> float:
-        f = self.lr_plan.factor(step)
+        plan = self.cfg.lr_plan
+        f = plan.factor(step)
         for g in self.opt_g.param_groups:
-            g["lr"] = self.lr_plan.base_lr * f
+            g["lr"] = plan.base_lr * f
         if self.opt_d is not None:
-            fd = f if self.lr_plan.disc_follows_schedule else 1.0
+            fd = f if plan.disc_follows_schedule else 1.0
             for g in self.opt_d.param_groups:
-                g["lr"] = self.lr_plan.disc_base_lr * fd
-        return self.lr_plan.base_lr * f
+                g["lr"] = plan.disc_base_lr * fd
+        return plan.base_lr * f
 
     def _next_inputs(self) -> torch.Tensor:
         if isinstance(self.stream, DevicePrefetcher):  # CUDA: already copied and converted during the last step
@@ -254,61 +267,74 @@ class Trainer:
     def to_input(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, D, H, W, C) uint8 batch -> (B·D, C, H, W) model input in [-1, 1], in the run's memory format."""
         x = to_model_input(batch)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
-    def _sync_context(self, module: nn.Module, last_micro: bool):
+    def _sync_context(self, module: nn.Module, last_micro_batch: bool):
         # DDP: all-reduce gradients only on the last micro-batch of an accumulation
-        if not last_micro and hasattr(module, "no_sync"):
+        if not last_micro_batch and hasattr(module, "no_sync"):
             return module.no_sync()
         return contextlib.nullcontext()
 
     def train_step(self) -> StepResult:
+        """One generator step (and the discriminator step when the GAN schedule says so).
+
+        The step reads one thing back from the device: whether the generator's and the discriminator's losses and
+        gradient norms are finite on every rank (one all-reduce of both flags, one host read). Both backward passes
+        run before that decision (the discriminator's uses the generator forward's detached reconstruction, so it does
+        not depend on the generator's update); then each optimizer steps or its step is skipped and restored."""
         step = self.counters.step
         self.raw_model.set_step(step)
         lr = self._set_lr(step)
         # in-place state that a non-finite step must not corrupt (EMA codebooks, k-means, BatchNorm running stats,
         # ActNorm): the generator step runs the discriminator in train mode, so its state is saved too
-        snapshot = _snapshot(self.model, _unwrap(self.discriminator))
+        snapshot = StepSnapshot(self.model, _unwrap(self.discriminator))
         self.opt_g.zero_grad(set_to_none=True)
         if self.discriminator is not None:
             self.discriminator.requires_grad_(False)  # the generator step needs no discriminator weight gradients
 
         totals: dict[str, torch.Tensor | float] = {}  # device scalars: no host sync until they are logged
-        micro: list[tuple[torch.Tensor, torch.Tensor]] = []
+        micro_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         ok = torch.ones((), dtype=torch.bool, device=self.device)
-        scale = 1.0 / self.grad_accum_steps
-        for i in range(self.grad_accum_steps):
+        n_micro = self.cfg.grad_accum_steps
+        scale = 1.0 / n_micro
+        for i in range(n_micro):
             x = self._next_inputs()
-            with self._sync_context(self.model, i == self.grad_accum_steps - 1):
+            with self._sync_context(self.model, i == n_micro - 1):
                 # the unwrapped discriminator: its weights are frozen here, so the DDP wrapper (gradient sync) has
                 # nothing to do; only the discriminator step goes through the wrapper
                 loss, out = generator_step(self.forward, self.objective, _unwrap(self.discriminator), x, step,
-                                           self.raw_model.last_layer, precision=self.precision, loss_scale=scale)
+                                           self.raw_model.last_layer, precision=self.cfg.precision, loss_scale=scale)
             ok = ok & torch.isfinite(loss.total.detach())
-            micro.append((x, out.reconstruction.detach()))
+            micro_batches.append((x, out.reconstruction.detach()))
             for k, v in loss.terms.items():
                 totals[k] = totals.get(k, 0.0) + v.detach() * scale
             for k, v in out.stats.items():
                 totals[f"codebook/{k}"] = totals.get(f"codebook/{k}", 0.0) + v.detach().float() * scale
-            self.counters.images_seen += x.shape[0] * dist.world_size()
-
-        gnorm = _grad_norm(self.gen_params, self.grad_clip)
-        # the step's one host sync: whether every loss and the gradient norm are finite
-        finite = dist.all_true(bool(ok & torch.isfinite(gnorm)), self.device)  # every replica steps or skips
+        gnorm = _grad_norm(self.gen_params, self.cfg.grad_clip, self.device)
         totals["grad_norm"] = gnorm.detach()
         totals["lr"] = lr
+        flags = [ok & torch.isfinite(gnorm)]
+
+        disc = None
+        if self.cfg.gan is not None and self.cfg.gan.trains_at(step):
+            disc = self._discriminator_backward(step, micro_batches)
+            flags.append(disc.finite)
+        # the step's one host sync: every replica steps or skips together
+        finite = dist.all_true_each(torch.stack(flags))
 
         disc_stepped = False
-        if finite:
+        if finite[0]:
             self.opt_g.step()
             if self.ema is not None:
                 self.ema.update(self.raw_model, step)
-            if self.gan is not None and self.gan.trains_at(step):
-                disc_stepped = self._train_discriminator(step, micro, totals)
             self.counters.bad_in_a_row = 0
+            if disc is not None:
+                disc_stepped = self._discriminator_update(step, finite[1], disc, totals)
         else:
             self.opt_g.zero_grad(set_to_none=True)
-            _restore(snapshot)
+            if self.opt_d is not None:
+                self.opt_d.zero_grad(set_to_none=True)
+            snapshot.restore()  # also undoes what both forwards wrote into the discriminator
             self.counters.skipped_steps += 1
             self.counters.bad_in_a_row += 1
         totals.setdefault("disc_factor", 0.0)
@@ -316,58 +342,63 @@ class Trainer:
         dist.sync_buffers(self.raw_model)
         dist.sync_buffers(_unwrap(self.discriminator))
         self.counters.step += 1
-        return StepResult(totals, finite, disc_stepped, micro[-1][1], micro[-1][0])
+        return StepResult(totals, finite[0], disc_stepped, micro_batches[-1][1], micro_batches[-1][0])
 
-    def _train_discriminator(self, step: int, micro, totals: dict[str, torch.Tensor | float]) -> bool:
-        assert self.discriminator is not None and self.opt_d is not None and self.gan is not None
+    def _discriminator_backward(self, step: int, micro_batches) -> DiscriminatorPass:
+        """The discriminator's losses and gradients on the step's micro-batches (its update waits for the step's
+        finite decision)."""
+        assert self.discriminator is not None and self.opt_d is not None and self.cfg.gan is not None
         self.discriminator.requires_grad_(True)
-        snapshot = _snapshot(self.discriminator)
+        snapshot = StepSnapshot(_unwrap(self.discriminator))
         self.opt_d.zero_grad(set_to_none=True)
-        # during the warm-up (before disc_start) the discriminator trains at full factor; the generator does not
-        # see the adversarial term yet
-        override = self.gan.disc_factor if step < self.gan.disc_start else None
-        scale = 1.0 / len(micro)
+        # during the warm-up (before disc_start) the discriminator trains with the warm-up factor; the generator does
+        # not see the adversarial term yet
+        override = self.cfg.gan.warmup_factor if step < self.cfg.gan.disc_start else None
+        scale = 1.0 / len(micro_batches)
         ok = torch.ones((), dtype=torch.bool, device=self.device)
         d_terms: dict[str, torch.Tensor] = {}
-        for i, (x, recon) in enumerate(micro):
-            with self._sync_context(self.discriminator, i == len(micro) - 1):
+        for i, (x, recon) in enumerate(micro_batches):
+            with self._sync_context(self.discriminator, i == len(micro_batches) - 1):
                 d_loss = discriminator_step(self.objective, self.discriminator, x, recon, step,
-                                            factor_override=override, precision=self.precision, loss_scale=scale)
+                                            factor_override=override, precision=self.cfg.precision, loss_scale=scale)
             ok = ok & torch.isfinite(d_loss.total.detach())
             for k, v in d_loss.terms.items():
                 d_terms[k] = d_terms.get(k, 0.0) + v.detach() * scale
-        dnorm = _grad_norm(self.disc_params, self.grad_clip)
-        finite = dist.all_true(bool(ok & torch.isfinite(dnorm)), self.device)
+        dnorm = _grad_norm(self.disc_params, self.cfg.grad_clip, self.device)
+        return DiscriminatorPass(ok & torch.isfinite(dnorm), snapshot, d_terms, dnorm.detach())
+
+    def _discriminator_update(self, step: int, finite: bool, disc: DiscriminatorPass,
+                              totals: dict[str, torch.Tensor | float]) -> bool:
         if finite:
             self.opt_d.step()
             self.counters.disc_steps += 1
-            totals.update(d_terms)
-            totals["disc_grad_norm"] = dnorm.detach()
-        else:
-            self.opt_d.zero_grad(set_to_none=True)
-            _restore(snapshot)
-            self.counters.skipped_steps += 1
-            self.logger.info(f"step {step}: non-finite discriminator loss or gradient; discriminator step skipped")
-        return finite
+            totals.update(disc.terms)
+            totals["disc_grad_norm"] = disc.grad_norm
+            return True
+        self.opt_d.zero_grad(set_to_none=True)
+        disc.snapshot.restore()
+        self.counters.skipped_steps += 1
+        self.logger.info(f"step {step}: non-finite discriminator loss or gradient; discriminator step skipped")
+        return False
 
     # ---------------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         """Train until `num_steps`; returns the last validation metrics."""
-        c = self.counters
+        c, cfg = self.counters, self.cfg
         self.logger.start_progress(c.step)
         tp = Throughput()
         window: dict[str, torch.Tensor | float] = {}  # summed on the device, read once per log interval
         shown: dict[str, float] = {}  # the losses the progress bar shows (those of the last log interval)
         n_window = 0
         t_start = time.perf_counter()
-        while c.step < self.num_steps:
+        while c.step < cfg.num_steps:
             res = self.train_step()
             step = c.step  # completed steps
-            tp.add(res.inputs.shape[0] * self.grad_accum_steps * dist.world_size())
+            tp.add(res.inputs.shape[0] * cfg.grad_accum_steps * dist.world_size())
             if not res.finite:
                 self.logger.info(f"step {step - 1}: non-finite loss or gradient; step skipped "
                                  f"({c.bad_in_a_row} in a row, {c.skipped_steps} in total)")
-                if c.bad_in_a_row >= self.max_bad_steps:
+                if c.bad_in_a_row >= cfg.max_bad_steps:
                     raise TrainingError(
                         f"{c.bad_in_a_row} non-finite steps in a row at step {step - 1}; training stopped. "
                         f"The last good checkpoint is in {self.ckpt.dir}. Lower train.lr, set train.grad_clip, "
@@ -378,14 +409,14 @@ class Trainer:
                     window[k] = window.get(k, 0.0) + v
                 n_window += 1
             steps_s, img_s = tp.rates()
-            log_now = n_window and (step % self.log_every == 0 or step == self.num_steps)
+            log_now = n_window and (step % cfg.log_every == 0 or step == cfg.num_steps)
             if log_now:
-                mean = floats({k: v / n_window for k, v in window.items()})  # the interval's one host transfer
-                shown = {"loss": mean.get("total_loss", float("nan")), "rec": mean.get("rec_loss", float("nan"))}
+                # losses and codebook stats averaged over the interval and over ranks (each rank saw its own part
+                # of the global batch): the interval's one host read
+                avg = floats({k: v / n_window for k, v in window.items()}, across_ranks=True)
+                shown = {"loss": avg.get("total_loss", float("nan")), "rec": avg.get("rec_loss", float("nan"))}
             self.logger.progress(step, {**shown, "it/s": steps_s, "img/s": img_s})
             if log_now:
-                # losses and codebook stats averaged over ranks (each rank saw its own part of the global batch)
-                avg = dist.all_reduce_mean_dict(mean, self.device)
                 avg.update({"steps_per_s": steps_s, "images_per_s": img_s, "disc_steps": float(c.disc_steps),
                             "skipped_steps": float(c.skipped_steps),
                             "data_skipped_files": float(getattr(self.stream, "skipped_files", 0))})
@@ -398,14 +429,14 @@ class Trainer:
                 self.logger.image(step, "train_reconstruction", labelled_grid(res.inputs[:8], res.reconstruction[:8],
                                                                      title=f"training batch, step {step}"))
             metric = None
-            if self.val_loader is not None and (step % self.validation_interval == 0 or step == self.num_steps):
+            if self.val_loader is not None and (step % cfg.validation_interval == 0 or step == cfg.num_steps):
                 metrics = self.validate(step)
-                metric = metrics.get(self.best_metric)
-            if step % self.save_interval == 0 or step == self.num_steps:
+                metric = metrics.get(cfg.best_metric)
+            if step % cfg.save_interval == 0 or step == cfg.num_steps:
                 self.save(metric)
         self.logger.info(f"finished {c.step} steps in {time.perf_counter() - t_start:.1f}s "
                          f"({c.disc_steps} discriminator steps, {c.skipped_steps} skipped)")
-        return self._last_val
+        return self.last_val.metrics
 
     # ---------------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -427,60 +458,30 @@ class Trainer:
                 self.logger.image(step, f"{tag}_reconstruction", grid)
             if tag == "val":
                 results = metrics
-        self._last_val = results
+        self.last_val.metrics = results
         return results
 
     def _val_batches(self):
         for i, batch in enumerate(self.val_loader):
-            if self.val_max_batches is not None and i >= self.val_max_batches:
+            if self.cfg.val_max_batches is not None and i >= self.cfg.val_max_batches:
                 break
             yield to_model_input(batch).to(self.device)
 
     # ---------------------------------------------------------------------------------------------------------
-    def training_state(self) -> dict:
-        """What a resume needs besides the weights. Under several processes this is a collective (it gathers
-        every rank's RNG state), so every rank calls it; the data position is the same on every rank."""
-        state = {
-            "counters": asdict(self.counters),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
-            "rng": rng_state(),
-            "data": self.stream.state_dict(),
-            "last_val": self._last_val,
-        }
-        if dist.world_size() > 1:
-            state["rng_per_rank"] = dist.all_gather_object(state["rng"])  # each rank resumes its own random stream
-        return state
+    def state_dict(self) -> dict[str, Any]:
+        """{part name: state} of every part. Under several processes this is a collective (it gathers every rank's
+        RNG state), so every rank calls it; the data position is the same on every rank."""
+        return save_parts(self.parts())
 
-    def load_training_state(self, state: dict) -> None:
-        self.counters = Counters(**state["counters"])
-        load_optimizer_state(self.opt_g, state["opt_g"], self.gen_params)
-        match_param_layout(self.opt_g)  # channels_last parameters: their Adam moments in the same layout
-        if self.opt_d is not None:
-            load_optimizer_state(self.opt_d, state["opt_d"], self.disc_params)
-            match_param_layout(self.opt_d)
-        self.stream.load_state_dict(state["data"])
-        self._last_val = state.get("last_val", {})
-        per_rank = state.get("rng_per_rank")
-        if per_rank is not None and len(per_rank) == dist.world_size():
-            set_rng_state(per_rank[dist.rank()])
-        else:
-            set_rng_state(state["rng"])
-            if dist.world_size() > 1:
-                # saved with another number of processes: derive a distinct stream per rank from the saved one
-                torch.manual_seed(int(torch.randint(0, 2**62, ())) + dist.rank())
+    def load_state_dict(self, state: dict[str, Any]) -> list[str]:
+        """Load a checkpoint's parts (weights and training state, as `load_checkpoint` returns them); returns notes
+        on optional parts that the checkpoint did not have and that start fresh."""
+        return load_parts(self.parts(), state)
 
     def save(self, metric: float | None = None) -> None:
         """Rank 0 writes the checkpoint; every rank must call this (gathering the RNG states is collective)."""
-        state = self.training_state()
+        state = self.state_dict()
         if dist.is_main():
-            self.ckpt.save(
-                self.counters.step,
-                config_json=self.config_json,
-                model=self.raw_model.state_dict(),
-                model_ema=self.ema.state_dict() if self.ema is not None else None,
-                discriminator=_unwrap(self.discriminator).state_dict() if self.discriminator is not None else None,
-                training_state=state,
-                metric=metric,
-            )
+            self.ckpt.save_state(self.counters.step, state, config_json=self.cfg.config_json, metric=metric)
         dist.barrier()  # no rank goes on (or reads the checkpoint) before it is complete
+
