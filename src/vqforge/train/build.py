@@ -19,6 +19,7 @@ from ..data import build_train_stream, build_val_loader, check_data_config
 from ..errors import CheckpointError, ConfigError
 from ..losses.objective import build_discriminator, build_objective
 from ..models.registry import build as build_model
+from ..utils import resolve_device
 from .checkpoint import Checkpointer, load_resume_checkpoint
 from .ema import WeightEMA
 from .logger import RunLogger
@@ -32,18 +33,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank() if dist.is_initialized() else 0)
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device", f"{name!r} requested but CUDA is not available", "use device: auto or cpu")
-    if name == "cuda" and dist.is_initialized():
-        return torch.device("cuda", dist.local_rank())
-    return torch.device(name)
 
 
 def effective_lr(cfg: Config) -> float:

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..eval.evaluator import is_better
-from ..models.pretrained import atomic_write_text, load_safetensors, read_config, save_safetensors
+from ..models.pretrained import atomic_write_text, latest_checkpoint, load_safetensors, read_config, save_safetensors
+from ..utils import is_better
 from .state import atomic_dir, commit_dir, fsync_dir, load_tree, save_tree
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -29,9 +29,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; give a run directory, a checkpoints/step_* directory, or a "
                               "checkpoint file of the previous system (.pth.tar / .pt)")
-    if (p / "checkpoints" / "latest").is_file():
-        name = (p / "checkpoints" / "latest").read_text().strip()
-        p = p / "checkpoints" / name
+    p = latest_checkpoint(p) or p  # a run directory: its latest checkpoint
     if not (p / "training_state.json").is_file():
         raise CheckpointError(
             f"{p} is not a vqforge training checkpoint (no training_state.json); resume takes a run directory or "

@@ -18,11 +18,12 @@ from torch import nn
 from .. import distributed as dist
 from ..data import to_model_input
 from ..errors import TrainingError
+from ..images import labelled_grid
+from ..utils import unwrap_model as _unwrap
 from ..losses.objective import LossOutput, VQGANObjective
 from ..models.output import TokenizerOutput
 from .checkpoint import Checkpointer
 from .ema import WeightEMA
-from ..eval.report import labelled_grid
 from .logger import RunLogger, Throughput
 from .optim import load_optimizer_state
 from .schedules import lr_factor
@@ -159,10 +160,6 @@ def _snapshot(*modules: nn.Module | None) -> StepSnapshot:
 
 def _restore(snapshot: StepSnapshot) -> None:
     snapshot.restore()
-
-
-def _unwrap(m: nn.Module | None) -> nn.Module | None:
-    return getattr(m, "module", m)
 
 
 class Trainer:
