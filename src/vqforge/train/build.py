@@ -19,14 +19,14 @@ from ..data import build_train_stream, build_val_loader, check_data_config
 from ..errors import CheckpointError, ConfigError
 from ..losses.objective import build_discriminator, build_objective
 from ..models.registry import build as build_model
-from ..utils import resolve_device
+from ..utils import resolve_device, resolve_precision
 from .checkpoint import Checkpointer, load_resume_checkpoint
 from .ema import WeightEMA
 from .logger import RunLogger
 from .optim import decay_groups
 from .trainer import GanSchedule, LRPlan, Trainer
-from .speed import (DevicePrefetcher, make_optimizer, resolve_channels_last, resolve_fused, resolve_precision,
-                    to_channels_last, training_forward)
+from .speed import (DevicePrefetcher, make_optimizer, resolve_channels_last, resolve_fused, to_channels_last,
+                    training_forward)
 from .validation import make_validation_fn
 
 def seed_everything(seed: int) -> None:

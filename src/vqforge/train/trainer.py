@@ -19,6 +19,7 @@ from .. import distributed as dist
 from ..data import to_model_input
 from ..errors import TrainingError
 from ..images import labelled_grid
+from ..utils import autocast as _autocast
 from ..utils import unwrap_model as _unwrap
 from ..losses.objective import LossOutput, VQGANObjective
 from ..models.output import TokenizerOutput
@@ -101,12 +102,6 @@ def floats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
         stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().tolist()
         out.update(zip(keys, stacked))
     return {k: out[k] for k in values}
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def generator_step(
