@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..config.schema import HIERARCHICAL_FAMILIES, Config
+from ..errors import ConfigError
 
 
 @dataclass
@@ -94,11 +95,9 @@ def describe(model: nn.Module, cfg: Config, source: str, resolution: int | None 
     from ..eval.codebook import index_layout, split_levels
     from ..eval.evaluator import codebook_sizes
 
-    size = cfg.data.resolution if resolution is None else resolution
     if resolution is not None and resolution < 1:
-        from ..errors import ConfigError
-
         raise ConfigError("--resolution", f"must be >= 1, got {resolution}", "use e.g. 256")
+    size = cfg.data.resolution if resolution is None else resolution
     cfg.model.check_resolution(size, "--resolution")
     device = next(model.parameters()).device
     was_training = model.training
@@ -117,8 +116,8 @@ def describe(model: nn.Module, cfg: Config, source: str, resolution: int | None 
     return ModelInfo(
         source=source, family=cfg.model.family, variant=cfg.model.variant,
         quantizer=cfg.model.quantizer_choice().type, embed_dim=_embed_dim(cfg),
-        training_resolution=cfg.data.resolution,
-        parameters=sum(p.numel() for p in params), trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+        training_resolution=cfg.data.resolution, parameters=sum(p.numel() for p in params),
+        trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
         parameters_by_part=by_part, layout=index_layout(indices), resolution=size,
         maps=[TokenMap(num_codes=k, height=int(m.shape[1]), width=int(m.shape[2]), downsample=size // int(m.shape[1]))
               for k, m in zip(ks, maps)],
