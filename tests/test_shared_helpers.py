@@ -134,3 +134,29 @@ def test_vqvae2_model_checks_its_architecture_with_the_config_check():
     m = ModelConfig(family="vqvae2", variant=None, vqvae2=VQVAE2Config(nb_levels=1, scaling_rates=[3]))
     with pytest.raises(ConfigError, match="powers of two"):
         VQVAE2(m)
+
+
+# ------------------------------------------------------------------------------------------------ config walking
+def test_dotted_keys_into_a_non_mapping_are_refused_by_mapping_and_set(tmp_path):
+    import yaml
+
+    from vqforge.config import load_config
+    from vqforge.config.mapping import container_for
+
+    from conftest import tiny_dict
+
+    root = {"model": {"n_embed": 4}}
+    container_for(root, "model.quantizer.type")["type"] = "vq"
+    assert root == {"model": {"n_embed": 4, "quantizer": {"type": "vq"}}}
+    with pytest.raises(ConfigError) as e:
+        container_for(root, "model.n_embed.x", lambda here: f"<{here}>")
+    assert e.value.path == "<model.n_embed>" and "expected a mapping" in str(e.value)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_dict()))
+    assert load_config(path, ["model.ddconfig.ch=64"]).model.ddconfig.ch == 64
+    d = tiny_dict()
+    d["model"]["ddconfig"] = 5
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["model.ddconfig.ch=64"])
+    assert "model.ddconfig" in e.value.path and "expected a mapping" in str(e.value)
