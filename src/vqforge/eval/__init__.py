@@ -1,6 +1,6 @@
 """Evaluation: PSNR/SSIM on 8-bit images, LPIPS, rFID, codebook usage and bits per pixel, residual-VQ depth curves,
-report images, bicubic/JPEG baselines on the same images (`baselines.py`), and the `eval` / `encode` / `decode`
-commands (`command.py`)."""
+report images, bicubic/JPEG baselines on the same images (`baselines.py`), and the `eval` command (`command.py`;
+`encode` / `decode` are `vqforge.tokens`, the reconstruction grids `vqforge.images`)."""
 
 from .baselines import BaselineSpec, baseline_specs, bicubic_roundtrip, jpeg_at_bpp
 from .codebook import CodebookUsage, LevelStats, bits_per_pixel, bits_per_pixel_by_depth, level_stats
