@@ -99,10 +99,11 @@ def test_encode_ema_without_ema_weights_is_a_clear_error(models, image_dir, tmp_
 
 def test_device_cpu_and_unavailable_cuda(models, image_dir, tmp_path, capsys):
     a, _ = _encode(models["plain"], image_dir, tmp_path / "a.npy", "--device", "cpu")
-    b, _ = _encode(models["plain"], image_dir, tmp_path / "b.npy")
-    assert torch.equal(a, b)
-    if torch.cuda.is_available():
+    b, _ = _encode(models["plain"], image_dir, tmp_path / "b.npy")  # auto
+    if torch.cuda.is_available():  # another device: float differences may flip a few near-tie codes
+        assert (a == b).float().mean() > 0.95
         pytest.skip("CUDA is available here: the missing-CUDA error cannot happen")
+    assert torch.equal(a, b)
     for cmd in (["encode", str(models["plain"]), str(image_dir), "--out", str(tmp_path / "c.npy")],
                 ["decode", str(models["plain"]), str(tmp_path / "a.npy"), "--out", str(tmp_path / "d")],
                 ["eval", str(models["plain"]), "--data", str(image_dir), "--out", str(tmp_path / "e")]):
@@ -174,8 +175,11 @@ def test_eval_precision_and_device(models, image_dir, tmp_path, monkeypatch):
     assert abs(bf16["psnr"] - fp32["psnr"]) < 1.0  # same model, rounded arithmetic
     seen.clear()
     auto = _eval(models, image_dir, tmp_path, "auto", "--precision", "auto")
-    assert auto["model"]["precision"] == ("bf16" if torch.cuda.is_available() else "fp32")
-    assert auto["psnr"] == fp32["psnr"] and set(seen) == {torch.float32}
+    if torch.cuda.is_available():  # auto: bf16 on a CUDA device that has it
+        assert auto["model"]["precision"] == "bf16" and set(seen) == {torch.bfloat16}
+    else:
+        assert auto["model"]["precision"] == "fp32"
+        assert auto["psnr"] == fp32["psnr"] and set(seen) == {torch.float32}
 
 
 # ------------------------------------------------------------------------------------------------------------ info
