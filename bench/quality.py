@@ -104,7 +104,7 @@ def run_case(name: str, steps: int, scales: list[int]) -> dict:
     torch.set_num_threads(1)
     from vqforge.config import parse_config
     from vqforge.eval.evaluator import evaluate
-    from vqforge.models.pretrained import unwrap_model
+    from vqforge.utils import unwrap_model
     from vqforge.train.build import build_run
 
     cfg = parse_config(case_config(name, steps))

@@ -18,7 +18,7 @@ from vqforge.codec import CodecError, compress, compress_tokens, decode_segment,
 from vqforge.codec.container import FIXED_SIZE, MAGIC, unpack
 from vqforge.codec.frequencies import TOTAL, FrequencyError, code_length_bits, logits_to_frequencies
 from vqforge.entropy import load_entropy_model, save_entropy_model
-from vqforge.eval.command import _input_frames, encode_frames
+from vqforge.tokens.frames import encode_frames, input_frames
 from vqforge.models.pretrained import save_pretrained
 
 TOK_HASH = bytes(range(32))
@@ -228,13 +228,13 @@ def _tokenizer_tokens(tok_dir: Path, files: list[Path]) -> torch.Tensor:
     from vqforge.models.pretrained import load_any
 
     model, _ = load_any(tok_dir)
-    return encode_frames(model.eval(), _input_frames(files, RES, RES, []))
+    return encode_frames(model.eval(), input_frames(files, RES, RES, []))
 
 
 @pytest.mark.parametrize("kind", ["images", "video"])
 @pytest.mark.parametrize("depth", [1, 2])
 def test_media_round_trip_every_depth(rvq_tokenizer, context_model, media, tmp_path, kind, depth):
-    from vqforge.eval.command import decode_frames
+    from vqforge.tokens.frames import decode_frames
     from vqforge.models.pretrained import load_any
 
     _, ent_path = context_model

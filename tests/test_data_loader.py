@@ -65,11 +65,11 @@ def test_each_epoch_shares_every_sample_exactly_once(image_dir, world_size):
     steps = []
     for rank in range(world_size):
         stream = build_train_stream(_cfg(image_dir), seed=5, rank=rank, world_size=world_size)
-        n = stream.samples_per_epoch
+        n = stream.sampler.shard_size
         ids = [_ids(next(stream))[0] for _ in range(2 * n)]
         per_epoch[0] += ids[:n]
         per_epoch[1] += ids[n:]
-        assert stream.epoch == 2 and stream.position == 0
+        assert stream.sampler.locate(stream.batches * stream.batch_size) == (2, 0) and stream.epoch == 2
         steps.append(n)
     for ids in per_epoch:
         assert sorted(ids) == list(range(N_IMAGES))  # disjoint shards that cover everything
@@ -99,7 +99,7 @@ def test_resume_continues_with_the_next_batch(image_dir):
     assert state["batches"] == 4 and state["epoch"] == 1 and state["skipped_files"] == 0
     resumed = build_train_stream(cfg, seed=11)
     resumed.load_state_dict(state)
-    assert (resumed.epoch, resumed.position) == (1, 5)  # 12 samples = one epoch of 7 + 5
+    assert resumed.sampler.locate(resumed.batches * 3) == (1, 5)  # 12 samples = one epoch of 7 + 5
     for want, got in zip(reference[4:], _take(resumed, 3)):
         assert torch.equal(want, got)
     # and a different seed gives a different stream

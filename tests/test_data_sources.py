@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vqforge.config.schema import DataConfig
-from vqforge.data import check_data_config, media_kind, resolve_sources
+from vqforge.data import check_data_config, media_kind, resolve_sources, resolve_split
 from vqforge.data.synthetic import write_image
 from vqforge.errors import ConfigError
 
@@ -85,8 +85,9 @@ def test_images_as_clips_need_use_images(tree: Path):
     with pytest.raises(ConfigError) as e:
         check_data_config(DataConfig(train=[d], sequence_length=4))
     assert e.value.path == "data.sequence_length" and "use_images" in e.value.fix
-    sources = check_data_config(DataConfig(train=[d], sequence_length=4, use_images=True))
-    assert sources.train == [Path(d)] and sources.val == []
+    cfg = DataConfig(train=[d], sequence_length=4, use_images=True)
+    check_data_config(cfg)
+    assert resolve_split(cfg, "train") == [Path(d)] and resolve_split(cfg, "val") == []
 
 
 def test_use_images_with_videos_is_refused(tree: Path):

@@ -13,10 +13,12 @@ import torch
 from PIL import Image
 
 from vqforge.cli import main
+from vqforge import images
 from vqforge.eval import report
-from vqforge.eval.command import decode_frames, load_indices
 from vqforge.eval.metrics import to_uint8
 from vqforge.models.pretrained import from_pretrained, save_pretrained
+from vqforge.tokens.frames import decode_frames
+from vqforge.tokens.io import load_indices
 
 from conftest import tiny_config, tiny_dict
 
@@ -263,7 +265,7 @@ def test_eval_writes_json_table_and_pngs(models, image_dir, tmp_path, capsys, no
     assert doc["model"]["family"] == "taming" and doc["data"]["resolution"] == RES
 
     with Image.open(out / "reconstructions.png") as im:
-        assert im.size == report.labelled_grid_size(3, RES, RES)
+        assert im.size == images.labelled_grid_size(3, RES, RES)
     with Image.open(out / "codebook_usage.png") as im:
         assert im.size == report.usage_figure_size(3)
     with Image.open(out / "rate_distortion.png") as im:
@@ -290,7 +292,7 @@ def test_eval_defaults_max_images_and_missing_inception(models, image_dir, tmp_p
     assert doc["rfid"] is None and "rFID skipped" in doc["skipped"]["rfid"]
     assert "rate_distortion" not in doc["images"] and not (tmp_path / "eval" / "rate_distortion.png").exists()
     with Image.open(tmp_path / "eval" / "reconstructions.png") as im:
-        assert im.size == report.labelled_grid_size(2, RES, RES)
+        assert im.size == images.labelled_grid_size(2, RES, RES)
 
 
 def test_eval_without_baselines(models, image_dir, tmp_path, capsys, no_vgg):

@@ -11,7 +11,8 @@ import torch
 import vqforge
 from vqforge.config.schema import DDConfig, ModelConfig, QuantizerConfig, VQVAE2Config
 from vqforge.eval import fid, metrics
-from vqforge.eval.evaluator import evaluate, is_better
+from vqforge.eval.evaluator import evaluate
+from vqforge.utils import is_better
 
 
 def tiny_taming(rvq_levels: int = 1, variant: str = "EMAVQ", seed: int = 0) -> torch.nn.Module:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vqforge import images as grids
 from vqforge.errors import CheckpointError
 from vqforge.eval import codebook, fid, metrics, report
 
@@ -283,8 +284,8 @@ def test_residual_levels_and_bits_per_pixel_by_depth():
     assert [s.used for s in st] == [1, 1, 2]
     assert st[2].perplexity == pytest.approx(2.0)
     assert u.tokens == [16, 16, 16]
-    assert u.bits_per_pixel(16, 16) == pytest.approx(0.75)
-    assert u.bits_per_pixel_by_depth(16, 16) == pytest.approx([0.25, 0.5, 0.75])
+    assert codebook.bits_per_pixel(u.tokens, u.num_codes, 16, 16) == pytest.approx(0.75)
+    assert codebook.bits_per_pixel_by_depth(u.tokens, u.num_codes, 16, 16) == pytest.approx([0.25, 0.5, 0.75])
 
 
 def test_hierarchical_levels_bits_per_pixel():
@@ -292,7 +293,7 @@ def test_hierarchical_levels_bits_per_pixel():
     u = codebook.CodebookUsage(512)
     u.update(maps)
     assert u.layout == "hierarchical" and len(u.stats()) == 2
-    assert u.bits_per_pixel(32, 32) == pytest.approx((64 + 16) * 9 / 1024)
+    assert codebook.bits_per_pixel(u.tokens, u.num_codes, 32, 32) == pytest.approx((64 + 16) * 9 / 1024)
     assert sum(s.tokens for s in u.stats()) == 2 * (64 + 16)
 
 
@@ -312,9 +313,9 @@ def test_usage_rejects_out_of_range_and_level_changes():
 def test_reconstruction_grid_layout_and_size(tmp_path):
     x = torch.rand(5, 3, 8, 6) * 2 - 1
     y = -x
-    path = report.save_reconstruction_grid(x, y, tmp_path / "grid.png", ncol=3, pad=2)
+    path = grids.save_reconstruction_grid(x, y, tmp_path / "grid.png", ncol=3, pad=2)
     img = np.asarray(Image.open(path))
-    assert (img.shape[1], img.shape[0]) == report.grid_size(5, 8, 6, ncol=3, pad=2) == (3 * 6 + 8, 4 * 8 + 10)
+    assert (img.shape[1], img.shape[0]) == grids.grid_size(5, 8, 6, ncol=3, pad=2) == (3 * 6 + 8, 4 * 8 + 10)
     # image 4 sits in the second row pair, column 1: input above its reconstruction
     x0, y0 = 2 + 1 * (6 + 2), 2 + 2 * (8 + 2)
     np.testing.assert_array_equal(img[y0:y0 + 8, x0:x0 + 6], metrics.to_uint8(x[4]).permute(1, 2, 0).numpy())

@@ -399,12 +399,12 @@ def test_the_users_real_later_files(rel, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------- the data side
 
 def test_shards_are_contiguous_slices(tmp_path):
-    from vqforge.data import check_data_config
+    from vqforge.data import check_data_config, resolve_split
     from vqforge.data.synthetic import write_image
 
     for i in range(7):
         write_image(tmp_path / f"img_{i}.png", np.full((8, 8, 3), i * 30, np.uint8))
-    names = lambda cfg: [p.name for p in check_data_config(cfg).train]  # noqa: E731
+    names = lambda cfg: [p.name for p in resolve_split(cfg, "train")]  # noqa: E731
     slices = [names(DataConfig(train=[str(tmp_path)], use_images=True, shard_id=k, num_shards=3)) for k in range(3)]
     assert slices == [["img_0.png", "img_1.png"], ["img_2.png", "img_3.png"], ["img_4.png", "img_5.png", "img_6.png"]]
     with pytest.raises(ConfigError, match="empty"):

@@ -11,6 +11,7 @@ import torch
 from vqforge.errors import ConfigError
 from vqforge.train import speed
 from vqforge.train.build import build_run
+from vqforge.utils import resolve_precision
 
 from conftest import tiny_config
 
@@ -159,12 +160,12 @@ def test_fused_optimizer_where_unsupported_names_the_fix(monkeypatch):
 
 
 def test_precision_auto(monkeypatch):
-    assert speed.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert speed.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert speed.resolve_precision("auto", torch.device("cuda")) == "fp32"
-    assert speed.resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
     assert tiny_config().train.precision == "auto"
 
 

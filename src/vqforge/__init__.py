@@ -30,23 +30,18 @@ def from_pretrained(path, map_location="cpu"):
 
 
 # The rest of the public API, imported on first use (`import vqforge` stays light: no model or eval code loads
-# until a name is asked for): name -> (module, attribute).
-_LAZY = {
-    "TokenizerOutput": (".models.output", "TokenizerOutput"),
-    "save_pretrained": (".models.pretrained", "save_pretrained"),
-    "convert_taming_checkpoint": (".models.convert", "convert_taming_checkpoint"),
-    "from_taming": (".models.taming_zoo", "from_taming"),
-    "evaluate": (".eval.evaluator", "evaluate"),
-    "build_run": (".train.build", "build_run"),
-    "Quantizer": (".quantizers", "Quantizer"),
-    "QuantizerOutput": (".quantizers", "QuantizerOutput"),
-    "VectorQuantizer": (".quantizers", "VectorQuantizer"),
-    "EMAVectorQuantizer": (".quantizers", "EMAVectorQuantizer"),
-    "GumbelQuantizer": (".quantizers", "GumbelQuantizer"),
-    "ResidualVectorQuantizer": (".quantizers", "ResidualVectorQuantizer"),
-    "MaintenanceConfig": (".quantizers", "MaintenanceConfig"),
-    "build_quantizer": (".quantizers", "build_quantizer"),
+# until a name is asked for): module -> the names it gives, each under its own name.
+_LAZY_BY_MODULE = {
+    ".models.output": ["TokenizerOutput"],
+    ".models.pretrained": ["save_pretrained"],
+    ".models.convert": ["convert_taming_checkpoint"],
+    ".models.taming_zoo": ["from_taming"],
+    ".eval.evaluator": ["evaluate"],
+    ".train.build": ["build_run"],
+    ".quantizers": ["Quantizer", "QuantizerOutput", "VectorQuantizer", "EMAVectorQuantizer", "GumbelQuantizer",
+                    "ResidualVectorQuantizer", "MaintenanceConfig", "build_quantizer"],
 }
+_LAZY = {name: module for module, names in _LAZY_BY_MODULE.items() for name in names}
 
 
 def __getattr__(name: str):
@@ -54,8 +49,7 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'vqforge' has no attribute {name!r}")
     import importlib
 
-    module, attr = _LAZY[name]
-    value = getattr(importlib.import_module(module, __name__), attr)
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

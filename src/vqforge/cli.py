@@ -11,20 +11,21 @@ import sys
 
 from .errors import VQForgeError
 
-# command -> (module, function); each function takes the parsed argparse namespace and returns an exit code
+# command -> "module:function"; each function takes the parsed argparse namespace and returns an exit code
 COMMANDS = {
-    "check-config": ("vqforge.config.command", "check_config_main"),
-    "train": ("vqforge.train.command", "train_main"),
-    "export": ("vqforge.train.command", "export_main"),
-    "convert": ("vqforge.models.convert", "convert_main"),
-    "eval": ("vqforge.eval.command", "eval_main"),
-    "encode": ("vqforge.eval.command", "encode_main"),
-    "decode": ("vqforge.eval.command", "decode_main"),
-    "launch": ("vqforge.launch", "launch_main"),
-    "entropy": ("vqforge.entropy.command", "entropy_main"),
-    "compress": ("vqforge.codec.command", "compress_main"),
-    "decompress": ("vqforge.codec.command", "decompress_main"),
-    "rd": ("vqforge.codec.command", "rd_main"),
+    "check-config": "vqforge.config.command:check_config_main",
+    "train": "vqforge.train.command:train_main",
+    "export": "vqforge.train.command:export_main",
+    "convert": "vqforge.models.convert:convert_main",
+    "eval": "vqforge.eval.command:eval_main",
+    "encode": "vqforge.tokens.command:encode_main",
+    "decode": "vqforge.tokens.command:decode_main",
+    "info": "vqforge.models.info:info_main",
+    "launch": "vqforge.launch:launch_main",
+    "entropy": "vqforge.entropy.command:entropy_main",
+    "compress": "vqforge.codec.command:compress_main",
+    "decompress": "vqforge.codec.command:decompress_main",
+    "rd": "vqforge.codec.command:rd_main",
 }
 
 
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", choices=("vqforge", "user"), default="vqforge",
                     help="vqforge: config.json + model.safetensors; user: the previous system's model.pt + "
                          "config.json (taming family, incl. its shared-codebook RVQ and PQ)")
+    sp.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                    help="vqforge format: store the layer weights in this type (half the file in bf16/fp16); "
+                         "codebooks and buffers (norm and EMA codebook statistics) stay fp32; loading computes in fp32")
 
     sp = sub.add_parser("convert", help="import a taming-transformers or previous-system checkpoint")
     sp.add_argument("ckpt", help="a taming .ckpt, or a .pth.tar / .pt of the previous system")
@@ -69,23 +73,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="directory for the report images (default: next to --json or ./eval)")
     sp.add_argument("--max-images", type=int, default=None)
     sp.add_argument("--resolution", type=int, default=None, help="center-crop size (default: the model's training resolution)")
-    sp.add_argument("--batch-size", type=int, default=8)
     sp.add_argument("--inception", default=None, help="InceptionV3 TorchScript file for rFID")
     sp.add_argument("--vgg", default=None, help="VGG16 ImageNet weights for LPIPS")
-    sp.add_argument("--ema", action="store_true", help="evaluate the weight-EMA copy")
     sp.add_argument("--no-baselines", action="store_true", help="skip the bicubic and JPEG reference columns")
+    sp.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                    help="run the networks in fp32 (default) or under bf16 autocast; auto: bf16 on CUDA GPUs that "
+                         "support it")
+    add_model_options(sp, "images per batch")
 
     sp = sub.add_parser("encode", help="images or videos -> token indices")
     sp.add_argument("model", metavar="MODEL")
     sp.add_argument("inputs", nargs="+", metavar="INPUT")
     sp.add_argument("--out", required=True, help=".safetensors or .npy")
     sp.add_argument("--resolution", type=int, default=None)
+    add_model_options(sp, "frames per model call")
 
     sp = sub.add_parser("decode", help="token indices -> PNG images or an MP4")
     sp.add_argument("model", metavar="MODEL")
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--out", required=True, help="a directory for PNGs, or a .mp4 path")
     sp.add_argument("--depth", type=int, default=None, help="residual VQ: decode only the first DEPTH levels")
+    sp.add_argument("--fps", type=float, default=None,
+                    help="frame rate of the MP4s written (default: the source video's, else 25)")
+    add_model_options(sp, "frames per model call")
+
+    sp = sub.add_parser("info", help="what a tokenizer is: config summary, parameters, K, f, tokens and bits")
+    sp.add_argument("model", metavar="MODEL", help="exported directory, checkpoint or run directory")
+    sp.add_argument("--resolution", type=int, default=None,
+                    help="image size for tokens per image and bits (default: the model's training resolution)")
+    sp.add_argument("--ema", action="store_true", help="describe the weight-EMA copy (same architecture)")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     sp = sub.add_parser("launch", help="run the training tasks of a multitask map file, each on its GPU")
     sp.add_argument("map", metavar="MAP.json", help='{"<task config>": <gpu index>, ...}; paths relative to it; -1 skips')
@@ -100,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_codec_commands(sub)
     return p
+
+
+def add_model_options(sp, batch_help: str) -> None:
+    """--batch-size, --ema and --device: how a command that runs a tokenizer loads and calls it."""
+    sp.add_argument("--batch-size", type=int, default=8, help=f"{batch_help} (default 8)")
+    sp.add_argument("--ema", action="store_true", help="use the weight-EMA copy of a training checkpoint")
+    sp.add_argument("--device", default="auto", help="auto (this process's GPU, else the CPU), cpu, cuda or cuda:N")
 
 
 def add_codec_commands(sub) -> None:
@@ -141,7 +165,7 @@ def add_codec_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    module, func = COMMANDS[args.command]
+    module, func = COMMANDS[args.command].split(":")
     try:
         fn = getattr(importlib.import_module(module), func)
         return int(fn(args) or 0)

@@ -167,10 +167,12 @@ def all_gather_object(obj):
 
 
 def sync_buffers(module: torch.nn.Module | None, src: int = 0) -> None:
-    """Copy rank `src`'s buffers (BatchNorm running statistics, EMA codebooks, ...) to every rank.
+    """Copy rank `src`'s buffers (BatchNorm running statistics, ActNorm's `initialized`, ...) to every rank.
 
     Each rank updates running statistics from its own batch, so replicas drift apart unless one copy is chosen;
     rank 0's is the copy that is saved. One broadcast per dtype (the buffers are concatenated first).
+    EMA codebooks are not sent: they are frozen Parameters, not buffers, and stay equal on every rank because each
+    update uses code counts and sums all-reduced over the ranks (`vqforge.quantizers.ema`).
     """
     if module is None or not is_initialized():
         return
@@ -194,8 +196,9 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel when running under torchrun (even with one process); the module itself otherwise.
 
     Gradients are averaged over ranks in backward. Buffers are not broadcast at every forward: the trainer calls
-    `sync_buffers` once per step instead (a forward may update buffers in place, e.g. an EMA codebook, and
-    the same buffers must be identical on all ranks at the end of every step, not only at the start of a forward).
+    `sync_buffers` once per step instead (a forward may update buffers in place, e.g. BatchNorm running statistics,
+    and the same buffers must be identical on all ranks at the end of every step, not only at the start of a
+    forward).
     """
     if not is_initialized():
         return module

@@ -25,7 +25,6 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import datetime
-import io
 import pathlib
 import pickle
 import struct
@@ -490,11 +489,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return _load(f, path.stat().st_size, str(path), map_location)
 
 
-def load_checkpoint_bytes(data: bytes, source: str = "<bytes>", map_location: str | torch.device = "cpu") -> Any:
-    """Like `load_checkpoint`, for an in-memory file."""
-    return _load(io.BytesIO(data), len(data), source, map_location)
-
-
 def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torch.Tensor]:
     """The weights inside a loaded checkpoint: Lightning's `obj["state_dict"]`, or `obj` itself if it is one."""
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
@@ -514,4 +508,4 @@ def load_state_dict_file(path: str | Path, map_location: str | torch.device = "c
     return extract_state_dict(load_checkpoint(path, map_location), str(path))
 
 
-__all__ = ["InertObject", "load_checkpoint", "load_checkpoint_bytes", "extract_state_dict", "load_state_dict_file"]
+__all__ = ["InertObject", "load_checkpoint", "extract_state_dict", "load_state_dict_file"]

@@ -31,7 +31,7 @@ from .container import CodecError, Header
 def tokenizer_hash(model: nn.Module, cfg: Config) -> bytes:
     """SHA-256 (32 bytes) of the tokenizer: the hash of the config fields that give indices their meaning and the
     hash of the weights (the same two hashes `vqforge encode` records)."""
-    from ..eval.command import architecture_hash, weights_hash
+    from ..tokens.io import architecture_hash, weights_hash
 
     return hashlib.sha256(f"{architecture_hash(cfg)}:{weights_hash(model)}".encode()).digest()
 
@@ -75,7 +75,7 @@ def _residual_tokens(indices: torch.Tensor, depth: int | None) -> torch.Tensor:
 
 def encode_images(model: nn.Module, frames: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> the tokenizer's indices, (T, D, h, w) int64."""
-    from ..eval.command import encode_frames
+    from ..tokens.frames import encode_frames
 
     return _residual_tokens(encode_frames(model, iter(list(frames))), None).long()
 
@@ -83,7 +83,7 @@ def encode_images(model: nn.Module, frames: np.ndarray | Sequence[np.ndarray]) -
 @torch.no_grad()
 def decode_tokens(model: nn.Module, tokens: torch.Tensor) -> np.ndarray:
     """(T, D, h, w) tokens -> (T, H, W, 3) uint8 reconstructions (a single-level model gets (T, h, w))."""
-    from ..eval.command import decode_frames
+    from ..tokens.frames import decode_frames
 
     x = tokens[:, 0] if tokens.shape[1] == 1 and getattr(model, "depth", 1) == 1 else tokens
     return np.concatenate(list(decode_frames(model, x)))
@@ -109,15 +109,14 @@ def compress(tokenizer, entropy_model, inputs: Sequence[str | os.PathLike] | str
     """Images and/or videos -> one `.vqf` file (written to `out` when given). All inputs being images makes every
     frame intra; otherwise frames are coded in input order, each conditioned on the previous within a segment."""
     from ..data import resolve_sources
-    from ..eval.command import _check_resolution, _input_frames, crop_sizes
+    from ..tokens.frames import crop_sizes, input_frames
 
     model, cfg = _tokenizer(tokenizer)
     short, size = crop_sizes(resolution, cfg)
-    _check_resolution(size, cfg)
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     files = resolve_sources([str(p) for p in inputs], "INPUT")
     sources: list[dict] = []
-    frames = np.stack(list(_input_frames(files, short, size, sources)))
+    frames = np.stack(list(input_frames(files, short, size, sources)))
     video = any(s["kind"] == "video" for s in sources)
     fps = next((s.get("fps") for s in sources if s["kind"] == "video" and s.get("fps")), None)
     meta = {"shorter_side": short,
@@ -174,7 +173,8 @@ def decompress(tokenizer, entropy_model, file: str | os.PathLike | bytes, out: s
 def _write_output(out: str | os.PathLike, frames: np.ndarray, header: Header) -> list[Path]:
     from PIL import Image
 
-    from ..eval.command import _unique_names, write_mp4
+    from ..data.video_writer import write_mp4
+    from ..tokens.command import unique_names
 
     out = Path(out)
     fps = header.fps[0] / header.fps[1] if header.fps[1] else None
@@ -186,7 +186,7 @@ def _write_output(out: str | os.PathLike, frames: np.ndarray, header: Header) ->
     if sum(s.get("frames", 0) for s in sources) != len(frames):
         sources = [{"file": f"frame_{i:05d}.png", "kind": "image", "frames": 1} for i in range(len(frames))]
     written, start = [], 0
-    for name, s in zip(_unique_names(sources), sources):
+    for name, s in zip(unique_names(sources), sources):
         n = s["frames"]
         if s["kind"] == "video":
             path = out / f"{name}.mp4"

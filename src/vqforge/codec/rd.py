@@ -266,14 +266,14 @@ def load_clips(names: list[str] | None, data: list[str], frames: int, size: int,
 def _user_clip(path: Path, frames: int, size: int) -> Clip:
     from ..data import media_kind, resolve_sources
     from ..data.test_clips import clip_sha256
-    from ..eval.command import _input_frames
+    from ..tokens.frames import input_frames
 
     files = resolve_sources([str(path)], "--data")
     if path.is_file() and media_kind(path) == "video":
         files = [path]
     sources: list[dict] = []
     got = []
-    for f in _input_frames(files, size, size, sources):
+    for f in input_frames(files, size, size, sources):
         got.append(f)
         if len(got) == frames:
             break

@@ -130,26 +130,34 @@ class NativeBuilder:
         self.notes.append(text)
 
     def _set(self, path: str, value: Any, source: str, merge: bool = False) -> None:
-        parts = path.split(".")
-        cur = self.native
-        for i, p in enumerate(parts[:-1]):
-            nxt = cur.get(p)
-            if nxt is None:
-                nxt = cur[p] = {}
-            elif not isinstance(nxt, dict):
-                here = ".".join(parts[: i + 1])
-                raise ConfigError(self.sources.get(here, here), f"expected a mapping, got {nxt!r}",
-                                  "write it as key: value pairs")
-            cur = nxt
-        if merge and isinstance(cur.get(parts[-1]), dict):
+        cur = container_for(self.native, path, lambda here: self.sources.get(here, here))
+        last = path.rsplit(".", 1)[-1]
+        if merge and isinstance(cur.get(last), dict):
             return
-        cur[parts[-1]] = value
+        cur[last] = value
 
     def result(self) -> Mapped:
         return Mapped(self.native, set(self.explicit), dict(self.sources), list(self.notes), self.fmt)
 
 
 _SPLIT = re.compile(r"(?=[.\[])")
+
+
+def container_for(root: dict, path: str, name_of: Any = None) -> dict:
+    """The dict under `root` that holds the last key of the dotted `path`, creating missing levels. A level that is
+    not a mapping is a ConfigError at `name_of(prefix)` (default: the dotted prefix itself)."""
+    parts = path.split(".")
+    cur = root
+    for i, p in enumerate(parts[:-1]):
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        elif not isinstance(nxt, dict):
+            here = ".".join(parts[: i + 1])
+            raise ConfigError(name_of(here) if name_of else here, f"expected a mapping, got {nxt!r}",
+                              "write it as key: value pairs")
+        cur = nxt
+    return cur
 
 
 def translate_error(err: ConfigError, sources: Mapping[str, str]) -> ConfigError:

@@ -22,7 +22,7 @@ import yaml
 from ..errors import ConfigError
 from .effects import ConfigWarning, ineffective
 from .jsonc import loads_jsonc
-from .mapping import Mapped, translate_error
+from .mapping import Mapped, container_for, translate_error
 from .parse import closest, field_paths, from_dict, to_dict
 from .schema import Config, ModelConfig, DataConfig
 from .later import SECTIONS as LATER_SECTIONS
@@ -183,18 +183,11 @@ def _apply_overrides(mapped: Mapped, overrides: Iterable[str]) -> set[str]:
     done: set[str] = set()
     for item in overrides:
         key, value = parse_override(item)
-        parts = key.split(".")
-        cur = mapped.native
-        for i, part in enumerate(parts[:-1]):
-            nxt = cur.get(part)
-            if nxt is None:
-                nxt = cur[part] = {}
-            elif not isinstance(nxt, dict):
-                here = ".".join(parts[: i + 1])
-                raise translate_error(ConfigError(here, f"expected a mapping, got {nxt!r}", "write it as key: value pairs"),
-                                      mapped.sources)
-            cur = nxt
-        cur[parts[-1]] = value
+        try:
+            cur = container_for(mapped.native, key)
+        except ConfigError as e:
+            raise translate_error(e, mapped.sources) from None
+        cur[key.rsplit(".", 1)[-1]] = value
         for p in [p for p in mapped.sources if p == key or p.startswith(key + "[")]:
             del mapped.sources[p]
         mapped.sources[key] = f"--set {key}"

@@ -6,6 +6,7 @@ sections. Field comments are the user-facing documentation of each knob (README 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -222,10 +223,8 @@ class VQVAE2Config:
 
     @property
     def total_downsample(self) -> int:
-        out = 1
-        for r in self.scaling_rates:
-            out *= r
-        return out
+        """Input pixels per coarsest-level token along each side: the product of scaling_rates."""
+        return math.prod(self.scaling_rates)
 
 
 # quantizer type each taming variant implies; VQModel (taming's base model) also takes any explicit type
@@ -394,6 +393,33 @@ class ModelConfig:
     def arch(self) -> VQVAE2Config:
         """The architecture section of a hierarchical family (model.vqvae2 or model.vqvae2_optvq)."""
         return self.vqvae2_optvq if self.family == "vqvae2_optvq" else self.vqvae2
+
+    @property
+    def downsample_factor(self) -> int:
+        """What input height and width must be divisible by: input pixels per token along each side (for the
+        hierarchical families, per token of the coarsest level)."""
+        if self.family in HIERARCHICAL_FAMILIES:
+            return self.arch.total_downsample
+        if self.family == "dalle_vqvae":
+            return self.dalle_vqvae.downsample_factor
+        return self.ddconfig.downsample_factor
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the model's input images."""
+        if self.family in HIERARCHICAL_FAMILIES:
+            return self.arch.in_channels
+        if self.family == "dalle_vqvae":
+            return self.dalle_vqvae.input_channels
+        return self.ddconfig.in_channels
+
+    def check_resolution(self, size: int, field: str) -> None:
+        """ConfigError at `field` unless images of size x size can be encoded (divisible by `downsample_factor`)."""
+        f = self.downsample_factor
+        what = ("the product of scaling_rates" if self.family in HIERARCHICAL_FAMILIES
+                else "the model's downsampling factor")
+        require(size % f == 0, field, f"{size} is not divisible by {what} ({f})",
+                f"use a multiple of {f}, e.g. {max(f, size - size % f)}")
 
     def check(self, path: str) -> None:
         p = path or "model"
@@ -607,17 +633,7 @@ class Config:
     _format: str = field(default="native", repr=False, compare=False)
 
     def check(self, path: str = "") -> None:
-        if self.model.family in HIERARCHICAL_FAMILIES:
-            total = self.model.arch.total_downsample
-            require(self.data.resolution % total == 0, "data.resolution",
-                    f"{self.data.resolution} cannot be divided by the product of scaling_rates ({total})",
-                    f"use a resolution that is a multiple of {total}, or smaller scaling_rates")
-        else:
-            f = (self.model.dalle_vqvae.downsample_factor if self.model.family == "dalle_vqvae"
-                 else self.model.ddconfig.downsample_factor)
-            require(self.data.resolution % f == 0, "data.resolution",
-                    f"{self.data.resolution} is not divisible by the model's downsampling factor {f}",
-                    f"use a crop resolution that is a multiple of {f}")
+        self.model.check_resolution(self.data.resolution, "data.resolution")
         out_ch = {"taming": self.model.ddconfig.out_ch, "dalle_vqvae": self.model.dalle_vqvae.input_channels}.get(
             self.model.family, self.model.arch.in_channels if self.model.family in HIERARCHICAL_FAMILIES else 3)
         require(self.loss.disc_in_channels == out_ch or not self.loss.use_gan, "loss.disc_in_channels",

@@ -1,10 +1,9 @@
 """Loaders the trainer uses: an infinite, resumable, sharded training stream and a finite validation loader.
 
-Training stream. Epoch e visits every sample once in the order `epoch_order(N, seed, e)` (a seeded permutation, or
-0..N−1 with `shuffle: false`), the same on every rank. Rank r of W takes positions r, r + W, r + 2W, ... of that
-order, so the shards are disjoint and together hold every sample exactly once per epoch (nothing dropped, nothing
-padded). Each rank strings its shards of epochs 0, 1, 2, ... into one endless sequence and cuts it into batches of
-`batch_size`; a batch may span two epochs. Every rank therefore yields a full batch at every step, which DDP needs.
+Training stream. The batch order is `vqforge.data.sampler.ShardedBatchSampler`: every epoch is a seeded
+permutation shared by all ranks, rank r of W takes every W-th sample of it, and each rank cuts its endless sequence
+of shards into batches (a batch may span two epochs). Every rank therefore yields a full batch at every step, which
+DDP needs.
 When N is not a multiple of W the shards differ by one sample, so ranks cross epoch boundaries at slightly
 different steps.
 
@@ -25,8 +24,6 @@ from __future__ import annotations
 import logging
 import random
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -34,10 +31,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config.schema import DataConfig
-from ..errors import ConfigError, DataError
-from .dataset import ClipDataset, FailureLog, Item, SampleSpec, collate, epoch_order, index_files
+from ..errors import DataError
+from .dataset import ClipDataset, FailureLog, Item, SampleSpec, collate, index_files
+from .sampler import ShardedBatchSampler
 from .samples import SAMPLE_PHOTOS_TRAIN, sample_photo_split, sample_photo_val_names
-from .sources import media_kind, resolve_sources
+from .sources import resolve_split
 
 log = logging.getLogger("vqforge.data")
 
@@ -46,75 +44,6 @@ STATE_VERSION = 1
 
 class ResumeWarning(UserWarning):
     """A data position was restored under different settings, so the stream cannot continue exactly."""
-
-
-# --- config-time checks ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DataSources:
-    train: list[Path]
-    val: list[Path]
-
-
-def _check_kinds(cfg: DataConfig, paths: list[Path], field: str) -> None:
-    images = [p for p in paths if media_kind(p) == "image"]
-    videos = [p for p in paths if media_kind(p) == "video"]
-    if cfg.use_images and videos:
-        raise ConfigError("data.use_images", f"is true, but {field} lists video files (e.g. {str(videos[0])!r}); "
-                          "pseudo-videos are built from images only",
-                          "set use_images: false to train on video clips, or list only image files")
-    if not cfg.use_images and cfg.sequence_length > 1 and images:
-        raise ConfigError("data.sequence_length", f"is {cfg.sequence_length}, but {field} lists images "
-                          f"(e.g. {str(images[0])!r}) and use_images is false, so they cannot form clips",
-                          "set use_images: true to group images into pseudo-videos, or sequence_length: 1")
-
-
-def _check_sample_photos(cfg: DataConfig) -> None:
-    if not cfg.use_images and cfg.sequence_length > 1:
-        raise ConfigError("data.sequence_length", f"is {cfg.sequence_length}, but the sample photos are "
-                          "single images and use_images is false",
-                          "set use_images: true to group photos into pseudo-videos, or sequence_length: 1")
-
-
-def _resolve_split(cfg: DataConfig, split: str) -> list[Path]:
-    """Checked file list of one split ([] for sample photos, or for an empty validation list)."""
-    if cfg.source == "sample_photos":
-        _check_sample_photos(cfg)
-        return []
-    entries = cfg.train if split == "train" else cfg.val
-    if not entries:
-        return []
-    paths = shard_slice(resolve_sources(entries, f"data.{split}"), cfg.shard_id, cfg.num_shards)
-    _check_kinds(cfg, paths, f"data.{split}")
-    return paths
-
-
-def shard_slice(paths: list[Path], shard_id: int, num_shards: int) -> list[Path]:
-    """The shard_id-th of num_shards contiguous slices of `paths` (data.shard_id / data.num_shards).
-
-    Each slice has len // num_shards files and the last one also takes the remainder, as in the previous system's
-    data pipeline. A slice without files is a ConfigError (the previous system would have trained on nothing).
-    """
-    if num_shards <= 1:
-        return paths
-    per = len(paths) // num_shards
-    start = shard_id * per
-    end = start + per if shard_id < num_shards - 1 else len(paths)
-    if end <= start:
-        raise ConfigError("data.shard_id", f"shard {shard_id} of {num_shards} is empty: the list has only "
-                          f"{len(paths)} files", "use fewer shards (data.num_shards) or give more files")
-    return paths[start:end]
-
-
-def check_data_config(cfg: DataConfig) -> DataSources:
-    """Config-time validation of the data section: paths exist, globs match, image/video/use_images agree.
-
-    Reads no file contents (that happens when the loaders are built). Raises ConfigError naming the field and fix.
-    Whether training data is required at all is `DataConfig.check_training_data`'s business.
-    """
-    cfg.check("data")
-    return DataSources(_resolve_split(cfg, "train"), _resolve_split(cfg, "val"))
 
 
 def _spec(cfg: DataConfig) -> SampleSpec:
@@ -136,7 +65,7 @@ def _build_dataset(cfg: DataConfig, split: str, seed: int) -> tuple[ClipDataset,
     cfg.check("data")
     if train:
         cfg.check_training_data("data")  # the validation loader alone (evaluation) needs no training data
-    paths = _resolve_split(cfg, split)
+    paths = resolve_split(cfg, split)
     spec = _spec(cfg)
     if cfg.source == "sample_photos":
         train_imgs, val_imgs = sample_photo_split()
@@ -180,55 +109,39 @@ def _pin(pin_memory: bool | None) -> bool:
     return torch.cuda.is_available() if pin_memory is None else pin_memory
 
 
-class ShardedBatchSampler:
-    """Endless batches of (epoch, index) keys for one rank (see the module docstring for the scheme)."""
+def _data_loader(dataset: ClipDataset, *, num_workers: int, pin_memory: bool, persistent: bool,
+                 generator: torch.Generator, **order: Any) -> DataLoader:
+    """A DataLoader over `dataset` with vqforge's collate and worker seeding; `order`: its sampler arguments."""
+    return DataLoader(dataset, num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
+                      persistent_workers=persistent and num_workers > 0,
+                      worker_init_fn=_seed_worker if num_workers > 0 else None, generator=generator, **order)
 
-    def __init__(self, num_samples: int, batch_size: int, *, seed: int, rank: int, world_size: int, shuffle: bool,
-                 start_batch: int = 0):
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
-        if num_samples < world_size:
-            raise DataError(f"data.train: {num_samples} training samples cannot be shared among {world_size} "
-                            "processes (each needs at least one)\n  fix: add data or run fewer processes")
-        self.num_samples, self.batch_size = num_samples, batch_size
-        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
-        self.start_batch = start_batch
-        self.shard_size = len(range(rank, num_samples, world_size))
-        self._order_epoch = -1
-        self._order = np.arange(0)
 
-    def locate(self, sample_position: int) -> tuple[int, int]:
-        """(epoch, position within this rank's shard of that epoch) of the rank's n-th sample."""
-        return divmod(sample_position, self.shard_size)
+class _SkippedFiles:
+    """What a loader reading through a FailureLog reports about unreadable files."""
 
-    def _order_for(self, epoch: int) -> np.ndarray:
-        if epoch != self._order_epoch:
-            self._order = epoch_order(self.num_samples, self.seed, epoch, self.shuffle)
-            self._order_epoch = epoch
-        return self._order
+    _failures: FailureLog
 
-    def keys(self, batch: int) -> list[tuple[int, int]]:
-        out = []
-        for p in range(batch * self.batch_size, (batch + 1) * self.batch_size):
-            epoch, offset = self.locate(p)
-            out.append((epoch, int(self._order_for(epoch)[self.rank + offset * self.world_size])))
-        return out
+    @property
+    def skipped_files(self) -> int:
+        """Files skipped so far (when indexing and while reading)."""
+        return self._failures.count
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        b = self.start_batch
-        while True:
-            yield self.keys(b)
-            b += 1
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(file, reason) for every skipped file."""
+        return list(self._failures.skipped)
 
 
 # --- training stream ---------------------------------------------------------------------------------------------
 
 
-class TrainStream:
+class TrainStream(_SkippedFiles):
     """Infinite iterator of (B, D, H, W, C) uint8 training batches with a resumable position.
 
     `state_dict()` / `load_state_dict()` save and restore the position (JSON-serialisable ints and strings);
-    `skipped_files` counts files skipped so far (when indexing and while reading).
+    `skipped_files` counts files skipped so far (when indexing and while reading). `sampler` is this rank's batch
+    order (`sampler.shard_size`: its samples per epoch; `sampler.locate`: where a sample position falls).
     """
 
     def __init__(self, dataset: ClipDataset, failures: FailureLog, *, batch_size: int, seed: int, rank: int,
@@ -239,8 +152,8 @@ class TrainStream:
         self.num_workers = num_workers
         self.pin_memory = _pin(pin_memory)
         self._failures = failures
-        self._sampler = ShardedBatchSampler(len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size,
-                                            shuffle=shuffle)
+        self.sampler = ShardedBatchSampler(len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size,
+                                           shuffle=shuffle)
         self._batches = 0  # batches handed to the caller (prefetched ones do not count)
         self._loader: DataLoader | None = None
         self._it: Iterator | None = None
@@ -256,44 +169,16 @@ class TrainStream:
         return len(self.dataset)
 
     @property
-    def samples_per_epoch(self) -> int:
-        """This rank's share of an epoch."""
-        return self._sampler.shard_size
-
-    @property
     def epoch(self) -> int:
         """Epoch of the next sample this rank will yield."""
-        return self._sampler.locate(self._batches * self.batch_size)[0]
-
-    @property
-    def position(self) -> int:
-        """Position of the next sample within this rank's shard of `epoch`."""
-        return self._sampler.locate(self._batches * self.batch_size)[1]
-
-    @property
-    def skipped_files(self) -> int:
-        return self._failures.count
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """(file, reason) for every skipped file."""
-        return list(self._failures.skipped)
+        return self.sampler.locate(self._batches * self.batch_size)[0]
 
     # iteration
     def _start(self) -> None:
-        sampler = ShardedBatchSampler(len(self.dataset), self.batch_size, seed=self.seed, rank=self.rank,
-                                      world_size=self.world_size, shuffle=self.shuffle, start_batch=self._batches)
-        workers = self.num_workers
-        self._loader = DataLoader(
-            self.dataset,
-            batch_sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.pin_memory,
-            persistent_workers=workers > 0,
-            worker_init_fn=_seed_worker if workers > 0 else None,
-            generator=_loader_generator(self.seed, self._batches),
-        )
+        self.sampler.start_batch = self._batches  # the loader's iteration starts here
+        self._loader = _data_loader(self.dataset, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                    persistent=True, generator=_loader_generator(self.seed, self._batches),
+                                    batch_sampler=self.sampler)
         self._it = iter(self._loader)
 
     def __iter__(self) -> TrainStream:
@@ -372,7 +257,7 @@ def build_train_stream(cfg: DataConfig, seed: int, rank: int = 0, world_size: in
 # --- validation --------------------------------------------------------------------------------------------------
 
 
-class ValLoader:
+class ValLoader(_SkippedFiles):
     """Finite, deterministic validation batches (B, D, H, W, C) uint8 for one rank; iterate it any number of times."""
 
     def __init__(self, dataset: ClipDataset, failures: FailureLog, indices: list[int], *, batch_size: int,
@@ -382,30 +267,14 @@ class ValLoader:
         self.batch_size = batch_size
         self.total_samples = total_samples  # over all ranks, after max_val_samples
         self._failures = failures
-        self._loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=indices,
-            num_workers=num_workers,
-            collate_fn=collate,
-            pin_memory=_pin(pin_memory),
-            persistent_workers=num_workers > 0 and len(indices) > 0,
-            worker_init_fn=_seed_worker if num_workers > 0 else None,
-            generator=_loader_generator(0, 1),
-        )
+        self._loader = _data_loader(dataset, num_workers=num_workers, pin_memory=_pin(pin_memory),
+                                    persistent=len(indices) > 0, generator=_loader_generator(0, 1),
+                                    batch_size=batch_size, sampler=indices)
 
     @property
     def num_samples(self) -> int:
         """Samples on this rank (before any dropped unreadable ones)."""
         return len(self.indices)
-
-    @property
-    def skipped_files(self) -> int:
-        return self._failures.count
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        return list(self._failures.skipped)
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)

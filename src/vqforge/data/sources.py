@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from ..config.schema import DataConfig
 from ..errors import ConfigError
 
 MediaKind = Literal["image", "video"]
@@ -142,3 +143,65 @@ def resolve_sources(paths: list[str], field: str) -> list[Path]:
                 seen.add(key)
                 out.append(p)
     return out
+
+
+# --- the data section's config-time checks ----------------------------------------------------------------------
+def _check_kinds(cfg: DataConfig, paths: list[Path], field: str) -> None:
+    images = [p for p in paths if media_kind(p) == "image"]
+    videos = [p for p in paths if media_kind(p) == "video"]
+    if cfg.use_images and videos:
+        raise ConfigError("data.use_images", f"is true, but {field} lists video files (e.g. {str(videos[0])!r}); "
+                          "pseudo-videos are built from images only",
+                          "set use_images: false to train on video clips, or list only image files")
+    if not cfg.use_images and cfg.sequence_length > 1 and images:
+        raise ConfigError("data.sequence_length", f"is {cfg.sequence_length}, but {field} lists images "
+                          f"(e.g. {str(images[0])!r}) and use_images is false, so they cannot form clips",
+                          "set use_images: true to group images into pseudo-videos, or sequence_length: 1")
+
+
+def _check_sample_photos(cfg: DataConfig) -> None:
+    if not cfg.use_images and cfg.sequence_length > 1:
+        raise ConfigError("data.sequence_length", f"is {cfg.sequence_length}, but the sample photos are "
+                          "single images and use_images is false",
+                          "set use_images: true to group photos into pseudo-videos, or sequence_length: 1")
+
+
+def resolve_split(cfg: DataConfig, split: str) -> list[Path]:
+    """Checked file list of one split ([] for sample photos, or for an empty validation list)."""
+    if cfg.source == "sample_photos":
+        _check_sample_photos(cfg)
+        return []
+    entries = cfg.train if split == "train" else cfg.val
+    if not entries:
+        return []
+    paths = shard_slice(resolve_sources(entries, f"data.{split}"), cfg.shard_id, cfg.num_shards)
+    _check_kinds(cfg, paths, f"data.{split}")
+    return paths
+
+
+def shard_slice(paths: list[Path], shard_id: int, num_shards: int) -> list[Path]:
+    """The shard_id-th of num_shards contiguous slices of `paths` (data.shard_id / data.num_shards).
+
+    Each slice has len // num_shards files and the last one also takes the remainder, as in the previous system's
+    data pipeline. A slice without files is a ConfigError (the previous system would have trained on nothing).
+    """
+    if num_shards <= 1:
+        return paths
+    per = len(paths) // num_shards
+    start = shard_id * per
+    end = start + per if shard_id < num_shards - 1 else len(paths)
+    if end <= start:
+        raise ConfigError("data.shard_id", f"shard {shard_id} of {num_shards} is empty: the list has only "
+                          f"{len(paths)} files", "use fewer shards (data.num_shards) or give more files")
+    return paths[start:end]
+
+
+def check_data_config(cfg: DataConfig) -> None:
+    """Config-time validation of the data section: paths exist, globs match, image/video/use_images agree.
+
+    Reads no file contents (that happens when the loaders are built). Raises ConfigError naming the field and fix.
+    Whether training data is required at all is `DataConfig.check_training_data`'s business.
+    """
+    cfg.check("data")
+    for split in ("train", "val"):
+        resolve_split(cfg, split)

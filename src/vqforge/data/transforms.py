@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import from_uint8, to_uint8
 from .video import scaled_size
 
 
@@ -76,13 +77,12 @@ def to_model_input(batch: torch.Tensor) -> torch.Tensor:
     """
     if batch.dtype != torch.uint8 or batch.ndim != 5:
         raise ValueError(f"expected a (B, D, H, W, C) uint8 batch, got {tuple(batch.shape)} {batch.dtype}")
-    x = batch.flatten(0, 1).permute(0, 3, 1, 2)  # (B·D, C, H, W)
-    return x.to(torch.float32).div_(127.5).sub_(1.0).contiguous()
+    return from_uint8(batch.flatten(0, 1).permute(0, 3, 1, 2)).contiguous()  # (B·D, C, H, W)
 
 
 def to_uint8_frames(x: torch.Tensor, sequence_length: int) -> torch.Tensor:
     """Inverse of `to_model_input`: (B·D, C, H, W) float in [-1, 1] → (B, D, H, W, C) uint8 (values clamped)."""
     if x.ndim != 4 or x.shape[0] % sequence_length:
         raise ValueError(f"expected (B·D, C, H, W) with B·D divisible by {sequence_length}, got {tuple(x.shape)}")
-    u = ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round_().to(torch.uint8)  # (B·D, C, H, W)
+    u = to_uint8(x)  # (B·D, C, H, W)
     return u.permute(0, 2, 3, 1).reshape(-1, sequence_length, *u.shape[2:], u.shape[1])

@@ -48,8 +48,9 @@ class TokenSet:
 
 
 def load_tokenizer(t: EntropyTokenizerConfig, device: torch.device | str = "cpu") -> Tokenizer:
-    from ..eval.command import _check_resolution, architecture_hash, crop_sizes, weights_hash
     from ..models.pretrained import load_any
+    from ..tokens.frames import crop_sizes
+    from ..tokens.io import architecture_hash, weights_hash
 
     weights_dir = t.weights is not None and Path(t.weights).is_dir()
     if t.path is not None or weights_dir:
@@ -82,7 +83,6 @@ def load_tokenizer(t: EntropyTokenizerConfig, device: torch.device | str = "cpu"
                           "per level; entropy models code one (depth, rows, columns) grid per frame",
                           "use a single-level or residual-VQ tokenizer")
     short, size = crop_sizes(t.resolution, cfg)
-    _check_resolution(size, cfg)
     h = hashlib.sha256(json.dumps({"architecture": architecture_hash(cfg), "weights": weights_hash(model),
                                    "short": short, "size": size}, sort_keys=True).encode()).hexdigest()
     return Tokenizer(model, cfg, source, short, size, h)
@@ -107,9 +107,9 @@ def _index_ok(index_file: Path, tok: Tokenizer, sig: list[dict]) -> bool:
 
 
 def _encode_file(tok: Tokenizer, f: Path) -> torch.Tensor:
-    from ..eval.command import _input_frames, encode_frames
+    from ..tokens.frames import encode_frames, input_frames
 
-    idx = encode_frames(tok.model, _input_frames([f], tok.short, tok.size, []))
+    idx = encode_frames(tok.model, input_frames([f], tok.short, tok.size, []))
     if isinstance(idx, list):  # pragma: no cover - rejected in load_tokenizer
         raise DataError(f"{f}: hierarchical indices")
     if idx.ndim == 3:

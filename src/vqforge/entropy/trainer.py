@@ -27,7 +27,8 @@ from .. import distributed as dist
 from ..config.parse import to_dict
 from ..config.schema import LogConfig
 from ..errors import CheckpointError, TrainingError
-from ..train.build import resolve_device, seed_everything
+from ..train.build import seed_everything
+from ..utils import resolve_device
 from ..train.checkpoint import Checkpointer, resolve_checkpoint
 from ..train.logger import RunLogger, Throughput
 from ..train.state import load_tree, rng_state, set_rng_state

@@ -13,7 +13,7 @@ summed across processes. Bits per pixel use the uniform code length, log2(K) bit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
@@ -136,16 +136,3 @@ class CodebookUsage:
 
     def stats(self) -> list[LevelStats]:
         return [level_stats(c, i) for i, c in enumerate(self.counts or [])]
-
-    def bits_per_pixel(self, height: int, width: int) -> float:
-        if self.tokens is None:
-            raise ValueError("no indices seen yet")
-        return bits_per_pixel(self.tokens, self.num_codes, height, width)
-
-    def bits_per_pixel_by_depth(self, height: int, width: int) -> list[float]:
-        if self.tokens is None:
-            raise ValueError("no indices seen yet")
-        return bits_per_pixel_by_depth(self.tokens, self.num_codes, height, width)
-
-    def to_json(self) -> list[dict]:
-        return [asdict(s) for s in self.stats()]

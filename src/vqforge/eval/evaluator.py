@@ -7,7 +7,6 @@ multi-process result equals the single-process result on the union of the shards
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Literal
@@ -16,8 +15,9 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..errors import DataError
 from ..config.schema import HIERARCHICAL_FAMILIES
+from ..errors import DataError
+from ..losses.reconstruction import pixel_loss as elementwise_pixel_loss
 from .baselines import BaselineSpec, apply_baseline, baseline_specs, model_factor
 from .codebook import (CodebookUsage, LevelStats, bits_per_pixel, bits_per_pixel_by_depth, index_layout,
                        tokens_per_image)
@@ -29,9 +29,6 @@ PairMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # [-1, 1] images (N, 3, H, W) -> (N, D) features
 FeatureNet = Callable[[torch.Tensor], torch.Tensor]
 
-# metric -> True when larger is better (for choosing the best checkpoint)
-HIGHER_IS_BETTER = {"psnr": True, "psnr_aggregate": True, "ssim": True, "lpips": False, "rfid": False,
-                    "rec_loss": False, "mse": False}
 
 
 @dataclass
@@ -187,8 +184,8 @@ def _per_image(v: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _pixel_loss(x: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
-    d = (x.float() - y.float()).flatten(1)
-    return (d.abs() if kind == "l1" else d.pow(2)).mean(dim=1).double()  # (N,)
+    """Training's pixel loss per image: (N,) float64 means of `losses.reconstruction.pixel_loss`."""
+    return elementwise_pixel_loss(x, y, kind).flatten(1).mean(dim=1).double()  # type: ignore[arg-type]
 
 
 @torch.no_grad()
@@ -427,10 +424,3 @@ def evaluate(
         sample_inputs=torch.cat(samples_x) if samples_x else None,
         sample_reconstructions=torch.cat(samples_y) if samples_y else None,
     )
-
-
-def is_better(metric: str, new: float, best: float | None) -> bool:
-    """Whether `new` beats `best` for `metric` (direction from HIGHER_IS_BETTER)."""
-    if best is None or (isinstance(best, float) and math.isnan(best)):
-        return True
-    return new > best if HIGHER_IS_BETTER.get(metric, True) else new < best

@@ -20,44 +20,15 @@ import math
 import torch
 import torch.nn.functional as F
 
-MAX_VALUE = 255.0
+from ..images import MAX_VALUE, _as_float64_255, mse_per_image, psnr_from_mse, psnr_per_image, to_uint8
+
+__all__ = ["MAX_VALUE", "mse_per_image", "psnr_from_mse", "psnr_per_image", "to_uint8", "psnr", "ssim",
+           "ssim_per_image", "ssim_terms", "gaussian_window", "finite_or_none"]
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8 0..255: round((x + 1) * 127.5), clamped. vqforge writes PNGs with this too."""
-    return ((x.detach().float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def _as_float64_255(x: torch.Tensor) -> torch.Tensor:
-    # uint8 input is taken as already quantized; float input is in [-1, 1] and gets quantized first
-    if x.dtype != torch.uint8:
-        x = to_uint8(x)
-    return x.to(torch.float64)
-
-
-def mse_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) images ([-1, 1] floats or uint8) -> (N,) float64 MSE on the 0..255 scale."""
-    if x.shape != y.shape:
-        raise ValueError(f"image shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
-    if x.ndim != 4:
-        raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(x.shape)}")
-    d = _as_float64_255(x) - _as_float64_255(y)
-    return d.pow(2).flatten(1).mean(dim=1)
-
-
-def psnr_from_mse(mse: torch.Tensor | float) -> torch.Tensor:
-    """PSNR in dB for an MSE on the 0..255 scale; MSE 0 gives +inf."""
-    mse = torch.as_tensor(mse, dtype=torch.float64)
-    return 10.0 * torch.log10(MAX_VALUE**2 / mse)
-
-
-def psnr_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) -> (N,) PSNR in dB (MAX 255) of each image pair; +inf for identical images."""
-    return psnr_from_mse(mse_per_image(x, y))
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -79,6 +50,20 @@ def _filter_valid(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, 1, -1))
 
 
+def ssim_terms(a: torch.Tensor, b: torch.Tensor, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N*C, 1, H, W) float64 on the 0..255 scale -> per image-channel (mean SSIM, mean contrast-structure cs),
+    each (N*C,). Local means, variances and covariance are population statistics (E[x^2] - E[x]^2)."""
+    mu_a, mu_b = _filter_valid(a, taps), _filter_valid(b, taps)
+    var_a = _filter_valid(a * a, taps) - mu_a * mu_a
+    var_b = _filter_valid(b * b, taps) - mu_b * mu_b
+    cov = _filter_valid(a * b, taps) - mu_a * mu_b
+    c1 = (SSIM_K1 * MAX_VALUE) ** 2
+    c2 = (SSIM_K2 * MAX_VALUE) ** 2
+    cs = (2 * cov + c2) / (var_a + var_b + c2)
+    ssim_map = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1) * cs
+    return ssim_map.flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
 def ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) images ([-1, 1] floats or uint8) -> (N,) SSIM, channels averaged. H and W must be >= 11."""
     if x.shape != y.shape:
@@ -90,16 +75,7 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
     a = _as_float64_255(x).reshape(n * c, 1, h, w)
     b = _as_float64_255(y).reshape(n * c, 1, h, w)
-    taps = gaussian_window()
-    # local means, variances and covariance; population statistics (E[x^2] - E[x]^2)
-    mu_a, mu_b = _filter_valid(a, taps), _filter_valid(b, taps)
-    var_a = _filter_valid(a * a, taps) - mu_a * mu_a
-    var_b = _filter_valid(b * b, taps) - mu_b * mu_b
-    cov = _filter_valid(a * b, taps) - mu_a * mu_b
-    c1 = (SSIM_K1 * MAX_VALUE) ** 2
-    c2 = (SSIM_K2 * MAX_VALUE) ** 2
-    ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    per_channel = ssim_map.flatten(1).mean(dim=1).view(n, c)  # (N, C)
+    per_channel = ssim_terms(a, b, gaussian_window())[0].view(n, c)  # (N, C)
     return per_channel.mean(dim=1)
 
 

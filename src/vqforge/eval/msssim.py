@@ -13,22 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .metrics import MAX_VALUE, SSIM_K1, SSIM_K2, SSIM_WINDOW, _as_float64_255, _filter_valid, gaussian_window
+from ..images import _as_float64_255
+from .metrics import SSIM_WINDOW, gaussian_window, ssim_terms
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def _ssim_terms(a: torch.Tensor, b: torch.Tensor, taps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N*C, 1, H, W) float64 -> per-image-channel (mean SSIM, mean cs), each (N*C,)."""
-    mu_a, mu_b = _filter_valid(a, taps), _filter_valid(b, taps)
-    var_a = _filter_valid(a * a, taps) - mu_a * mu_a
-    var_b = _filter_valid(b * b, taps) - mu_b * mu_b
-    cov = _filter_valid(a * b, taps) - mu_a * mu_b
-    c1 = (SSIM_K1 * MAX_VALUE) ** 2
-    c2 = (SSIM_K2 * MAX_VALUE) ** 2
-    cs = (2 * cov + c2) / (var_a + var_b + c2)
-    lum = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
-    return (lum * cs).flatten(1).mean(1), cs.flatten(1).mean(1)
 
 
 def ms_ssim_per_image(x: torch.Tensor, y: torch.Tensor, weights: tuple[float, ...] = MS_SSIM_WEIGHTS) -> torch.Tensor:
@@ -44,7 +32,7 @@ def ms_ssim_per_image(x: torch.Tensor, y: torch.Tensor, weights: tuple[float, ..
     taps = gaussian_window()
     score = torch.ones(n * c, dtype=torch.float64)
     for j, wt in enumerate(weights):
-        ssim, cs = _ssim_terms(a, b, taps)
+        ssim, cs = ssim_terms(a, b, taps)
         term = ssim if j == len(weights) - 1 else cs
         score = score * term.clamp(min=0) ** wt
         if j < len(weights) - 1:

@@ -11,8 +11,10 @@ Relation to taming-transformers' `VQLPIPSWithDiscriminator` (same numbers with t
   `d_weight` is reported as 0. The total loss is the same either way.
 - With the adversarial term on, one backward pass through LPIPS and the discriminator (down to x̂, no weight
   gradients) gives ∂nll/∂x̂ and ∂g/∂x̂; they serve the adaptive weight and, weighted, the update (the reference
-  runs those two backward passes twice). Values and d_weight are the same bit for bit; parameter gradients equal
-  the plain formula up to float rounding (~1e-6 relative). The discriminator gets no gradient from this loss.
+  runs those two backward passes twice). Values are the same bit for bit; d_weight is too where the backward kernels
+  are deterministic (CPU, or `torch.use_deterministic_algorithms`; on GPUs some backward kernels accumulate in a
+  varying order, so it may differ in the last bits); parameter gradients equal the plain formula up to float
+  rounding (~1e-6 relative). The discriminator gets no gradient from this loss.
 - With no discriminator (`use_gan: false`) nothing adversarial runs: no discriminator forward, no adaptive-weight
   gradients, `disc_factor` is reported as 0 and `g_loss` / `d_weight` are absent from the terms (there is no
   such value, rather than a made-up 0).

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..config.schema import Config
 from ..errors import CheckpointError, ConfigError
+from ..utils import unwrap_model
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -63,21 +64,31 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path) -> N
         tmp.unlink(missing_ok=True)
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / DataParallel / torch.compile wrappers (their state-dict keys carry prefixes)."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def config_json_text(cfg: Config) -> str:
     from ..config import to_native_dict
 
     return json.dumps({"vqforge_format": FORMAT_VERSION, "config": to_native_dict(cfg)}, indent=2) + "\n"
+
+
+EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cast_weights(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """`model`'s state dict with the floating-point weights of its layers cast to `dtype` for a smaller export.
+
+    Kept as they are (float32): every buffer (BatchNorm/ActNorm statistics, EMA codebook statistics, flags and
+    counters: accumulators that lose their meaning when rounded) and every tensor of a quantizer (the codebooks: a
+    token's code vector stays exactly the trained one). Loading casts back to the model's dtype, so a model loaded
+    from a bf16 export computes in float32 with rounded layer weights.
+    """
+    from ..quantizers.base import Quantizer
+
+    model = unwrap_model(model)
+    keep = {f"{prefix}.{k}" if prefix else k
+            for prefix, m in model.named_modules() if isinstance(m, Quantizer) for k in m.state_dict()}
+    params = {name for name, _ in model.named_parameters()}
+    return {k: v.to(dtype) if k in params and k not in keep and v.is_floating_point() else v
+            for k, v in model.state_dict().items()}
 
 
 def save_pretrained(
@@ -85,9 +96,17 @@ def save_pretrained(
     cfg: Config,
     out_dir: str | Path,
     discriminator: nn.Module | Mapping[str, torch.Tensor] | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> Path:
     """Export `model` (built from `cfg.model`) to `out_dir`: config.json + model.safetensors
-    (+ discriminator.safetensors when a discriminator module or state dict is given). Returns `out_dir`."""
+    (+ discriminator.safetensors when a discriminator module or state dict is given). Returns `out_dir`.
+
+    dtype: "bf16"/"fp16" (or the torch dtype) stores the layer weights in that type (`cast_weights`: buffers and
+    codebooks stay float32); None or "fp32" stores everything as it is."""
+    if isinstance(dtype, str):
+        if dtype not in EXPORT_DTYPES:
+            raise ConfigError("--dtype", f"{dtype!r} is not an export type", f"use one of {list(EXPORT_DTYPES)}")
+        dtype = EXPORT_DTYPES[dtype]
     if not isinstance(cfg, Config):
         raise TypeError(f"save_pretrained needs the full Config, got {type(cfg).__name__}")
     # the export must load again: catch a config that does not validate now, not when someone loads it
@@ -96,7 +115,8 @@ def save_pretrained(
     _parse_native(to_native_dict(cfg))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_safetensors(unwrap_model(model).state_dict(), out / WEIGHTS_FILE)
+    state = unwrap_model(model).state_dict() if dtype in (None, torch.float32) else cast_weights(model, dtype)
+    save_safetensors(state, out / WEIGHTS_FILE)
     if discriminator is not None:
         disc = unwrap_model(discriminator).state_dict() if isinstance(discriminator, nn.Module) else discriminator
         save_safetensors(disc, out / DISCRIMINATOR_FILE)
@@ -248,6 +268,19 @@ def from_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
     return model
 
 
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint directory of a run: the one `checkpoints/latest` names (relative to `checkpoints/`, or
+    absolute), or, without that pointer (a run copied by hand), the highest `checkpoints/step_*` that holds a
+    config.json. None when the run has neither."""
+    ckpts = Path(run_dir) / "checkpoints"
+    latest = ckpts / "latest"
+    if latest.is_file():
+        name = latest.read_text().strip()
+        return Path(name) if Path(name).is_absolute() else ckpts / name
+    steps = sorted(d for d in ckpts.glob("step_*") if (d / CONFIG_FILE).is_file()) if ckpts.is_dir() else []
+    return steps[-1] if steps else None
+
+
 def resolve_model_dir(path: str | Path) -> Path:
     """The directory holding config.json + weights: `path` itself, or for a run directory its latest checkpoint."""
     p = Path(path)
@@ -255,19 +288,13 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise CheckpointError(f"{p}: does not exist\n  fix: give an exported model, a checkpoint or a run directory")
     if (p / CONFIG_FILE).is_file():
         return p
-    ckpts = p / "checkpoints"
-    latest = ckpts / "latest"
-    if latest.is_file():
-        name = latest.read_text().strip()
-        target = Path(name) if Path(name).is_absolute() else ckpts / name
+    target = latest_checkpoint(p)
+    if target is not None:
         if not (target / CONFIG_FILE).is_file():
-            raise CheckpointError(f"{latest}: names {name!r}, but {target} holds no {CONFIG_FILE}\n"
+            raise CheckpointError(f"{p / 'checkpoints' / 'latest'}: names {target}, which holds no {CONFIG_FILE}\n"
                                   "  fix: the checkpoint was removed or is incomplete; pass a checkpoints/step_* "
                                   "directory directly")
         return target
-    steps = sorted(d for d in ckpts.glob("step_*") if (d / CONFIG_FILE).is_file()) if ckpts.is_dir() else []
-    if steps:  # no `latest` pointer (e.g. copied by hand): the highest step
-        return steps[-1]
     if (p / "model" / CONFIG_FILE).is_file():  # a finished run's own export
         return p / "model"
     raise CheckpointError(
@@ -337,7 +364,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 
 __all__ = [
-    "save_pretrained", "from_pretrained", "load_any", "load_weights", "read_config", "resolve_model_dir",
-    "load_state_dict_strict", "save_safetensors", "load_safetensors", "atomic_write_text", "unwrap_model",
+    "save_pretrained", "cast_weights", "EXPORT_DTYPES", "from_pretrained", "load_any", "load_weights", "read_config", "resolve_model_dir", "latest_checkpoint",
+    "load_state_dict_strict", "save_safetensors", "load_safetensors", "atomic_write_text",
     "FORMAT_VERSION", "CONFIG_FILE", "WEIGHTS_FILE", "EMA_WEIGHTS_FILE", "DISCRIMINATOR_FILE",
 ]

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ..config.schema import ModelConfig, QuantizerConfig, resolve_quantizer
-from ..errors import ConfigError
 from ..quantizers import build_quantizer_of_type
 from ..quantizers.base import QuantizerOutput
 from ..quantizers.ema import EMAVectorQuantizer
@@ -190,14 +189,9 @@ class VQVAE2(nn.Module):
         super().__init__()
         self.config = config
         c = config.arch  # model.vqvae2 (or model.vqvae2_optvq for the optimal-transport family)
-        # VQVAE2Config.check covers the rest; these two would otherwise fail deep inside a conv constructor
-        section = f"model.{config.family}" if config.family == "vqvae2_optvq" else "model.vqvae2"
-        if len(c.scaling_rates) != c.nb_levels:
-            raise ConfigError(f"{section}.scaling_rates", f"has {len(c.scaling_rates)} entries but nb_levels is "
-                              f"{c.nb_levels}", "give one scaling rate per level, or change nb_levels")
-        if c.hidden_channels < 2:
-            raise ConfigError(f"{section}.hidden_channels", f"must be >= 2, got {c.hidden_channels} (the first "
-                              "strided conv has hidden_channels // 2 channels)", "use e.g. 128")
+        # a bad architecture would otherwise fail deep inside a conv constructor (models can be built from a
+        # ModelConfig that never went through Config.check)
+        c.check(f"model.{config.family}")
         self.nb_levels = c.nb_levels
         self.scaling_rates = list(c.scaling_rates)
         self.nb_entries = c.nb_entries
@@ -247,7 +241,7 @@ class VQVAE2(nn.Module):
 
     @property
     def total_downsample(self) -> int:
-        return math.prod(self.scaling_rates)
+        return self.config.arch.total_downsample
 
     def index_shapes(self, height: int, width: int) -> list[tuple[int, int]]:
         """(h, w) of each index map for an input of height × width, coarsest first."""

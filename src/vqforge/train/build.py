@@ -21,14 +21,15 @@ from ..losses.objective import build_discriminator, build_objective
 from ..models.pretrained import config_json_text, load_weights
 from ..models.previous import read_previous_checkpoint
 from ..models.registry import build as build_model
+from ..utils import resolve_device, resolve_precision
 from .checkpoint import Checkpointer, load_resume_checkpoint
 from .ema import WeightEMA
 from .logger import RunLogger
 from .optim import decay_groups
 from .previous_resume import restore_previous
 from .trainer import GanSchedule, LRPlan, Trainer, TrainerConfig
-from .speed import (DevicePrefetcher, make_optimizer, resolve_channels_last, resolve_fused, resolve_precision,
-                    to_channels_last, training_forward)
+from .speed import (DevicePrefetcher, make_optimizer, resolve_channels_last, resolve_fused, to_channels_last,
+                    training_forward)
 from .validation import make_validation_fn
 
 
@@ -36,18 +37,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank() if dist.is_initialized() else 0)
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device", f"{name!r} requested but CUDA is not available", "use device: auto or cpu")
-    if name == "cuda" and dist.is_initialized():
-        return torch.device("cuda", dist.local_rank())
-    return torch.device(name)
 
 
 def effective_lr(cfg: Config) -> float:

@@ -22,9 +22,8 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..eval.evaluator import is_better
-from ..models.pretrained import (atomic_write_text, load_safetensors, read_config, resolve_model_dir,
-                                 save_safetensors)
+from ..models.pretrained import atomic_write_text, latest_checkpoint, load_safetensors, read_config, save_safetensors
+from ..utils import is_better
 from .parts import WEIGHT_FILES
 from .state import atomic_dir, commit_dir, fsync_dir, load_tree, save_tree
 
@@ -36,8 +35,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.exists():
         raise CheckpointError(f"{p} does not exist; give a run directory, a checkpoints/step_* directory, or a "
                               "checkpoint file of the previous system (.pth.tar / .pt)")
-    if (p / "checkpoints").is_dir():
-        p = resolve_model_dir(p)
+    p = latest_checkpoint(p) or p  # a run directory: its latest checkpoint
     if not (p / "training_state.json").is_file():
         raise CheckpointError(
             f"{p} is not a vqforge training checkpoint (no training_state.json); resume takes a run directory or "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import distributed as dist
 from ..config.differences import format_differences, previous_system_differences
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 
 def _load(config_path: str, overrides) -> tuple:
@@ -72,13 +72,16 @@ def export_main(args) -> int:
     from ..models.pretrained import load_any, save_pretrained
 
     model, cfg = load_any(args.source, ema=args.ema)
+    dtype = getattr(args, "dtype", "fp32")
     if getattr(args, "format", "vqforge") == "user":
+        if dtype != "fp32":
+            raise ConfigError("--dtype", f"{dtype} applies to the vqforge format only", "leave --dtype out")
         from ..models.user_export import save_user_checkpoint
 
         pt = save_user_checkpoint(model, cfg, Path(args.out))
         print(f"exported to {pt} (the previous system's layout: ckpt['model'], user key names) and "
               f"{Path(args.out) / 'config.json'}")
         return 0
-    save_pretrained(model, cfg, Path(args.out))
-    print(f"exported to {args.out} (config.json + model.safetensors)")
+    save_pretrained(model, cfg, Path(args.out), dtype=dtype)
+    print(f"exported to {args.out} (config.json + model.safetensors, {dtype} weights)")
     return 0

@@ -17,15 +17,6 @@ from torch import nn
 COMPILE_BACKEND = "inductor"
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """train.precision: "auto" is bf16 autocast on CUDA devices that support it, fp32 elsewhere."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
-
-
 def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
     """train.channels_last: null is on for CPU only (oneDNN's NHWC convolutions and GroupNorm: the measured
     autoencoder step took 0.70x the time, README "Speed"). On CUDA it is off: GroupNorm has no NHWC kernel there, so

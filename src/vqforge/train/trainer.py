@@ -20,11 +20,13 @@ from torch import nn
 from .. import distributed as dist
 from ..data import to_model_input
 from ..errors import TrainingError
+from ..images import labelled_grid
+from ..utils import autocast as _autocast
+from ..utils import unwrap_model as _unwrap
 from ..losses.objective import LossOutput, VQGANObjective
 from ..models.output import TokenizerOutput
 from .checkpoint import Checkpointer
 from .ema import WeightEMA
-from ..eval.report import labelled_grid
 from .logger import RunLogger, Throughput
 from .parts import (Counters, LastValidation, OptimizerState, PerRankRNG, RNGState, Stateful, WeightEMAState,
                     load_parts, save_parts)
@@ -129,12 +131,6 @@ class DiscriminatorPass:
     grad_norm: torch.Tensor
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def generator_step(
     model: nn.Module,
     objective: VQGANObjective,
@@ -180,10 +176,6 @@ def _grad_norm(params: list[torch.Tensor], max_norm: float | None, device: torch
         return torch.zeros((), device=device)
     # an infinite max only measures; error_if_nonfinite off: a non-finite norm is the guard's to handle (skip the step)
     return torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm is not None else math.inf, foreach=True)
-
-
-def _unwrap(m: nn.Module | None) -> nn.Module | None:
-    return getattr(m, "module", m)
 
 
 class Trainer:

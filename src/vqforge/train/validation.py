@@ -9,8 +9,8 @@ from torch import nn
 
 from ..config import Config
 from ..eval.evaluator import evaluate
+from ..images import labelled_grid
 from ..losses.objective import VQGANObjective
-from ..eval.report import labelled_grid
 
 
 def make_validation_fn(objective: VQGANObjective, cfg: Config) -> Callable[..., tuple[dict[str, float], torch.Tensor | None]]:
