@@ -110,3 +110,25 @@ def test_codec_round_trip_with_patches_is_exact():
     c = compress_tokens(x, m, bytes(32), K, intra_period=2)
     y, _ = decompress_tokens(c.data, m)
     assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_step_logits_do_not_depend_on_call_history_or_stale_weights(patch_size):
+    """The previous frame's input part is computed once per frame and reused: results must be bit-identical to a
+    fresh model's whatever frames came before, and follow in-place weight changes (an optimizer step, a load)."""
+    layout = FrameLayout(2, 4, 4, K)
+    m, fresh = make(patch_size), make(patch_size)
+    tok, pa, pb = frame(layout, 1), frame(layout, 2), frame(layout, 3)
+    known = torch.zeros(layout.numel, dtype=torch.bool).view(tok.shape)
+    for prev in (pa, pb, None, pa, pa.clone()):
+        got = m.step_logits(tok, known, prev, layout, 0)
+        assert torch.equal(got, fresh.step_logits(tok, known, prev, layout, 0))
+        fresh._prev_cache = None
+    with torch.no_grad():
+        m.prev_embed.weight.mul_(2.0)
+        fresh.prev_embed.weight.mul_(2.0)
+    fresh._prev_cache = None
+    assert torch.equal(m.step_logits(tok, known, pa, layout, 0), fresh.step_logits(tok, known, pa, layout, 0))
+    m.load_state_dict(make(patch_size, seed=7).state_dict())
+    assert torch.equal(m.step_logits(tok, known, pa, layout, 0),
+                       make(patch_size, seed=7).step_logits(tok, known, pa, layout, 0))

@@ -309,8 +309,19 @@ def group_sizes(n: int, groups: int, kind: str) -> list[int]:
     return [s for s in sizes if s > 0]
 
 
+_SINUSOIDS: dict[tuple, torch.Tensor] = {}
+
+
 def sinusoid_2d(height: int, width: int, dim: int, device=None) -> torch.Tensor:
-    """(H·W, dim) fixed 2-D position code: half the channels encode the row, half the column."""
+    """(H·W, dim) fixed 2-D position code: half the channels encode the row, half the column. Computed once per
+    (H, W, dim, device); callers must not modify the returned tensor in place."""
+    key = (height, width, dim, str(torch.device(device) if device is not None else torch.device("cpu")))
+    if key not in _SINUSOIDS:
+        _SINUSOIDS[key] = _sinusoid_2d(height, width, dim, device)
+    return _SINUSOIDS[key]
+
+
+def _sinusoid_2d(height: int, width: int, dim: int, device=None) -> torch.Tensor:
     def one(n: int, d: int) -> torch.Tensor:
         pos = torch.arange(n, dtype=torch.float32, device=device)[:, None]
         i = torch.arange(d // 2, dtype=torch.float32, device=device)[None, :]
@@ -415,19 +426,18 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
 
     # -- network --------------------------------------------------------------------------------------------------
     def _forward(self, tokens: torch.Tensor, known: torch.Tensor, prev: torch.Tensor | None,
-                 target: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
+                 target: torch.Tensor, cells: torch.Tensor | None = None,
+                 prev_part: torch.Tensor | None = None) -> torch.Tensor:
         """tokens, known (S, D, H, W); prev (S, D, H, W) or None (intra); target (S,) depth being predicted
         -> logits (S, H·W, K), or with `cells` (n,) grid positions (row·W + column): (S, n, K) for these only (the
-        last block, the norm and the head then run only where needed: a coding step's positions)."""
+        last block, the norm and the head then run only where needed: a coding step's positions). prev_part: what
+        `_prev_input(prev)` gives, when the caller already has it."""
         s, d, h, w = tokens.shape
         K = self.vocab_size
         offs = torch.arange(d, device=tokens.device).view(1, d, 1, 1)
         cur_ids = torch.where(known, tokens, torch.full_like(tokens, K)) + offs * (K + 1)
         x = self.cur_embed(cur_ids).sum(1)  # (S, H, W, C)
-        if prev is not None:
-            x = x + self.prev_embed(prev + offs * K).sum(1)
-        else:
-            x = x + self.no_prev
+        x = x + (self._prev_input(prev) if prev_part is None else prev_part)
         p = self.patch_size
         hp, wp = h // p, w // p
         if p > 1:  # (S, H, W, C) -> (S, H/p·W/p, p²·C), sub-position (row in patch)·p + column in patch
@@ -456,6 +466,26 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
             if len(sel):
                 out[:, sel] = F.linear(x[:, inv[sel]], weight[j], bias[j])
         return out
+
+    def _prev_input(self, prev: torch.Tensor | None) -> torch.Tensor:
+        """The previous frame's part of the input: (S, H, W, C) from prev (S, D, H, W), or the intra vector (C,)."""
+        if prev is None:
+            return self.no_prev
+        offs = torch.arange(prev.shape[1], device=prev.device).view(1, -1, 1, 1)
+        return self.prev_embed(prev + offs * self.vocab_size).sum(1)
+
+    def _cached_prev_input(self, prev: torch.Tensor | None) -> torch.Tensor:
+        """`_prev_input(prev[None])`, computed once for the D·G coding steps of a frame: reused while prev and the
+        weights it reads are unchanged (the same operations on the same values: bit-identical either way)."""
+        key = (self.prev_embed.weight._version, self.no_prev._version, self.prev_embed.weight.data_ptr())
+        c = getattr(self, "_prev_cache", None)
+        if c is not None and c[0] == key and (
+                (prev is None and c[1] is None) or (prev is not None and c[1] is not None
+                                                    and c[1].shape == prev.shape and torch.equal(c[1], prev))):
+            return c[2]
+        part = self._prev_input(None if prev is None else prev[None])
+        self._prev_cache = (key, None if prev is None else prev.clone(), part)
+        return part
 
     def _states(self, layout: FrameLayout, device) -> tuple[torch.Tensor, torch.Tensor]:
         """known masks (S, D, H, W) and target depths (S,) of every coding step."""
@@ -494,7 +524,7 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
         pos = self.schedule(layout)[step].to(tokens.device)
         target = torch.tensor([t], device=tokens.device)
         cells = pos - t * layout.height * layout.width
-        logits = self._forward(tokens[None], known[None], None if prev is None else prev[None], target, cells)
+        logits = self._forward(tokens[None], known[None], None, target, cells, self._cached_prev_input(prev))
         return logits[0].float()
 
     def training_nll(self, tokens, prev, generator=None):
