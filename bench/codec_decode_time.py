@@ -95,6 +95,7 @@ def run_side(src: Path, case: str, frames: int, threads: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="e2ad341", help="git revision to compare against (its src/)")
+    ap.add_argument("--baseline-src", help="the baseline's src/ directory (instead of --baseline)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--frames", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -105,7 +106,9 @@ def main() -> int:
     if args.worker:
         worker(args.worker, args.frames, args.threads)
         return 0
-    sides = {"before": baseline_src(args.baseline), "after": ROOT / "src"}
+    before = Path(args.baseline_src) if args.baseline_src else baseline_src(args.baseline)
+    sides = {"before": before, "after": ROOT / "src"}
+    print(f"before: {before}  after: {ROOT / 'src'}", flush=True)
     results: dict[str, dict[str, list[dict]]] = {c: {"before": [], "after": []} for c in args.cases}
     start_load = os.getloadavg()
     for r in range(args.rounds):
