@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,12 +132,12 @@ def main() -> int:
         med = {}
         cells = []
         for side in ("before", "after"):
-            runs = sorted(x["seconds_per_frame"] for x in sides_res[side])
+            runs = [x["seconds_per_frame"] for x in sides_res[side]]
             if not runs:
                 cells.append("–")
                 continue
-            med[side] = runs[len(runs) // 2] if len(runs) % 2 else 0.5 * (runs[len(runs) // 2 - 1] + runs[len(runs) // 2])
-            cells.append(f"{med[side]:.3f} ({', '.join(f'{x:.3f}' for x in (y['seconds_per_frame'] for y in sides_res[side]))})")
+            med[side] = statistics.median(runs)
+            cells.append(f"{med[side]:.3f} ({', '.join(f'{x:.3f}' for x in runs)})")
         if len(sides_res["before"]) and len(sides_res["after"]):
             hashes = {x["hash"] for s in ("before", "after") for x in sides_res[s]}
             assert len(hashes) == 1, f"{case}: the two sides built different models {hashes}"

@@ -4,8 +4,8 @@ Native (YAML or JSON; every key optional except `tokenizer.path` and `data.train
 
     model:     name (transformer_ar | masked_groups), vocab_size (null = the tokenizer's; a different value is an
                error), d_model, num_layers, nhead, ff_hidden_dim (null = 3·d_model), dropout, max_seq_len
-               (transformer_ar), num_groups, group_schedule (cosine | uniform), max_positions, patch_size (masked_groups:
-               p×p tokens per Transformer position, for large grids)
+               (transformer_ar), num_groups, group_schedule (cosine | uniform), max_positions, patch_size
+               (masked_groups; patch_size: p×p tokens per Transformer position, for large grids)
     tokenizer: path (exported model, checkpoint or run directory), config + weights (a config file and a weights
                file instead of path), ema, resolution (center crop; null = the tokenizer's data.resolution),
                cache_dir (token shards; null = RUN_DIR/tokens)
