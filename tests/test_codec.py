@@ -16,7 +16,8 @@ import codec_models as cm
 from conftest import REPO, tiny_config
 from vqforge.codec import CodecError, compress, compress_tokens, decode_segment, decompress, decompress_tokens
 from vqforge.codec.container import FIXED_SIZE, MAGIC, unpack
-from vqforge.codec.frequencies import TOTAL, FrequencyError, code_length_bits, logits_to_frequencies
+from vqforge.codec.frequencies import (TOTAL, FrequencyError, code_length_bits, logits_to_frequencies,
+                                      logits_to_weights, weights_code_length_bits)
 from vqforge.entropy import load_entropy_model, save_entropy_model
 from vqforge.tokens.frames import encode_frames, input_frames
 from vqforge.models.pretrained import save_pretrained
@@ -69,6 +70,29 @@ def test_frequencies_are_integers_with_floor_and_fixed_total():
         logits_to_frequencies(np.array([[0.0, np.nan]]))
     with pytest.raises(FrequencyError, match="shape"):
         logits_to_frequencies(np.zeros(4))
+
+
+def test_in_place_weights_equal_the_documented_steps_in_integers():
+    """The coder's weights (computed in place, float64 throughout) equal F - 1 of the module doc's four steps done
+    plainly with an integer floor and an integer remainder, bit for bit, for small and large vocabularies, flat
+    and peaked logits, and ties (the remainder goes to the first maximum)."""
+    rng = np.random.default_rng(1)
+    for k, scale in [(2, 1.0), (7, 0.01), (256, 3.0), (256, 40.0), (1024, 8.0)]:
+        z = (rng.normal(size=(64, k)) * scale).astype(np.float32)
+        z[:8, : min(k, 3)] = z[:8, :1]  # ties at the top
+        p = np.exp(z.astype(np.float64) - z.astype(np.float64).max(1, keepdims=True))
+        p = p / p.sum(1, keepdims=True)
+        ref = np.floor(p * (TOTAL - k)).astype(np.int64)
+        top = np.argmax(ref, 1)
+        ref[np.arange(len(ref)), top] += (TOTAL - k) - ref.sum(1)
+        w = logits_to_weights(torch.from_numpy(z))
+        assert w.dtype == np.float64 and np.array_equal(w, ref.astype(np.float64))
+        assert np.array_equal(logits_to_frequencies(z), ref + 1)
+        sym = rng.integers(0, k, len(z))
+        assert weights_code_length_bits(w, sym) == code_length_bits(ref + 1, sym)
+    src = np.float32([[0.5, 1.5, 2.5]])
+    logits_to_weights(src)
+    assert np.array_equal(src, np.float32([[0.5, 1.5, 2.5]]))  # the caller's logits are left alone
 
 
 def test_code_length_counts_the_integer_frequencies():

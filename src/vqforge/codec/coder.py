@@ -25,7 +25,7 @@ from .container import (
     tokens_hash,
     unpack,
 )
-from .frequencies import PRECISION, FrequencyError, code_length_bits, coder_weights, logits_to_frequencies
+from .frequencies import PRECISION, FrequencyError, logits_to_weights, weights_code_length_bits
 
 DEFAULT_INTRA_PERIOD = 32
 
@@ -82,14 +82,15 @@ def _checked_schedule(model: EntropyModel, layout: FrameLayout) -> list[torch.Te
     return steps
 
 
-def _step_frequencies(model: EntropyModel, buf: torch.Tensor, known: torch.Tensor, prev: torch.Tensor | None,
-                      layout: FrameLayout, i: int, n: int, device: torch.device) -> np.ndarray:
+def _step_weights(model: EntropyModel, buf: torch.Tensor, known: torch.Tensor, prev: torch.Tensor | None,
+                  layout: FrameLayout, i: int, n: int, device: torch.device) -> np.ndarray:
+    """(n, K) float64 F - 1 of coding step i: what constriction's Categorical(perfect=False) is given."""
     logits = model.step_logits(buf.to(device), known.to(device), None if prev is None else prev.to(device), layout, i)
     if tuple(logits.shape) != (n, layout.vocab_size):
         raise CodecError(f"entropy model {model.name!r}: step {i} gave logits of shape {tuple(logits.shape)}, "
                          f"expected ({n}, {layout.vocab_size})\n  fix: the entropy model's step_logits() is wrong")
     try:
-        return logits_to_frequencies(logits.float())
+        return logits_to_weights(logits.float())
     except FrequencyError as e:
         raise CodecError(f"entropy model {model.name!r}, step {i}: {e}\n"
                          "  fix: check the entropy model's weights") from e
@@ -149,11 +150,11 @@ def compress_tokens(tokens: torch.Tensor | np.ndarray, entropy_model: EntropyMod
             buf = torch.zeros(d * h * w, dtype=torch.int64)  # what the decoder knows: revealed tokens, zeros elsewhere
             known = torch.zeros(d * h * w, dtype=torch.bool)
             for i, pos in enumerate(steps):
-                freqs = _step_frequencies(entropy_model, buf.view(d, h, w), known.view(d, h, w), prev, layout, i,
-                                          len(pos), device)
+                weights = _step_weights(entropy_model, buf.view(d, h, w), known.view(d, h, w), prev, layout, i,
+                                        len(pos), device)
                 sym = flat[pos].numpy().astype(np.int32)
-                enc.encode(sym, fam, coder_weights(freqs))
-                bits += code_length_bits(freqs, sym)
+                enc.encode(sym, fam, weights)  # one call: a categorical distribution per symbol (rows of weights)
+                bits += weights_code_length_bits(weights, sym)
                 buf[pos] = flat[pos]
                 known[pos] = True
             prev = None if independent else frame
@@ -209,10 +210,10 @@ def decode_segment(data: bytes, header: Header, s: int, entropy_model: EntropyMo
         buf = torch.zeros(d * h * w, dtype=torch.int64)
         known = torch.zeros(d * h * w, dtype=torch.bool)
         for i, pos in enumerate(steps):
-            freqs = _step_frequencies(entropy_model, buf.view(d, h, w), known.view(d, h, w), prev, layout, i,
-                                      len(pos), device)
+            weights = _step_weights(entropy_model, buf.view(d, h, w), known.view(d, h, w), prev, layout, i,
+                                    len(pos), device)
             try:
-                sym = dec.decode(fam, coder_weights(freqs))
+                sym = dec.decode(fam, weights)  # the step's n symbols in one call
             except Exception as e:  # noqa: BLE001
                 raise CodecError(f"{name}: bytes {off}..{off + length}: range decoding of segment {s} failed at "
                                  f"frame {f} ({e})\n  fix: the file is damaged or belongs to another entropy model"

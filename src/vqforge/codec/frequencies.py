@@ -33,26 +33,44 @@ class FrequencyError(ValueError):
     """Logits that cannot be turned into frequencies (non-finite values, wrong shape)."""
 
 
-def logits_to_frequencies(logits: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(n, K) logits -> (n, K) int64 frequencies, each >= 1, every row summing to exactly 2**PRECISION."""
-    z = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+def _checked_logits(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(n, K) logits as a fresh float64 array (which the caller may overwrite), after the shape/value checks."""
+    if isinstance(logits, torch.Tensor):
+        z = logits.detach().cpu().numpy()
+    else:
+        z = np.asarray(logits)
     if z.ndim != 2:
         raise FrequencyError(f"logits must be (n, K), got shape {z.shape}")
-    n, k = z.shape
+    k = z.shape[1]
     if not 2 <= k <= MAX_VOCAB:
         raise FrequencyError(f"vocabulary size {k} is outside 2..{MAX_VOCAB}")
-    z = z.astype(np.float64)
+    z = np.array(z, dtype=np.float64, order="C", copy=True)
     if not np.isfinite(z).all():
         raise FrequencyError("the entropy model produced non-finite logits")
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    p = e / e.sum(axis=1, keepdims=True)
+    return z
+
+
+def logits_to_weights(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(n, K) logits -> (n, K) float64 F - 1: what the coder is given (see the module doc), computed in place.
+
+    The same operations, in the same order and precision, as steps 1-4 of the module doc; the floors and the
+    remainder are whole numbers below 2**PRECISION, exact in float64, so F - 1 needs no integer round trip."""
+    z = _checked_logits(logits)
+    n, k = z.shape
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)  # p
     free = TOTAL - k
-    f = np.floor(p * free).astype(np.int64)
-    rem = free - f.sum(axis=1)  # (n,) in [0, K): each floor loses < 1
-    top = np.argmax(f, axis=1)  # first maximum
-    f[np.arange(n), top] += rem
-    return f + 1
+    z *= free
+    np.floor(z, out=z)  # F - 1 before the remainder
+    rem = free - z.sum(axis=1)  # (n,) whole numbers in [0, K): each floor loses < 1; sums of integers < 2**53 exact
+    z[np.arange(n), np.argmax(z, axis=1)] += rem  # to the first maximum
+    return z
+
+
+def logits_to_frequencies(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(n, K) logits -> (n, K) int64 frequencies, each >= 1, every row summing to exactly 2**PRECISION."""
+    return logits_to_weights(logits).astype(np.int64) + 1
 
 
 def coder_weights(freqs: np.ndarray) -> np.ndarray:
@@ -63,4 +81,10 @@ def coder_weights(freqs: np.ndarray) -> np.ndarray:
 def code_length_bits(freqs: np.ndarray, symbols: np.ndarray) -> float:
     """-sum log2(F[symbol] / 2**PRECISION): the ideal code length of `symbols` under these exact frequencies."""
     picked = freqs[np.arange(len(symbols)), symbols].astype(np.float64)
+    return float(PRECISION * len(symbols) - np.log2(picked).sum())
+
+
+def weights_code_length_bits(weights: np.ndarray, symbols: np.ndarray) -> float:
+    """`code_length_bits` from the coder's weights F - 1 (`logits_to_weights`)."""
+    picked = weights[np.arange(len(symbols)), symbols] + 1.0
     return float(PRECISION * len(symbols) - np.log2(picked).sum())

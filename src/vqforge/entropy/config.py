@@ -4,7 +4,8 @@ Native (YAML or JSON; every key optional except `tokenizer.path` and `data.train
 
     model:     name (transformer_ar | masked_groups), vocab_size (null = the tokenizer's; a different value is an
                error), d_model, num_layers, nhead, ff_hidden_dim (null = 3·d_model), dropout, max_seq_len
-               (transformer_ar), num_groups, group_schedule (cosine | uniform), max_positions (masked_groups)
+               (transformer_ar), num_groups, group_schedule (cosine | uniform), max_positions, patch_size
+               (masked_groups; patch_size: p×p tokens per Transformer position, for large grids)
     tokenizer: path (exported model, checkpoint or run directory), config + weights (a config file and a weights
                file instead of path), ema, resolution (center crop; null = the tokenizer's data.resolution),
                cache_dir (token shards; null = RUN_DIR/tokens)
@@ -42,6 +43,7 @@ class EntropyModelConfig:
     num_groups: int = 6  # masked_groups: coding groups per depth
     group_schedule: Literal["cosine", "uniform"] = "cosine"  # masked_groups: group sizes
     max_positions: int = 4096  # masked_groups: largest token grid H*W
+    patch_size: int = 1  # masked_groups: p×p token positions per Transformer position (1, or 2 / 4 for f4 grids)
 
     def check(self, path: str) -> None:
         p = path or "model"
@@ -51,6 +53,7 @@ class EntropyModelConfig:
                 f"must divide d_model ({self.d_model})", "use e.g. 8")
         require(0.0 <= self.dropout < 1.0, f"{p}.dropout", "must be in [0, 1)", "use 0.0")
         require(self.num_groups >= 1, f"{p}.num_groups", "must be >= 1", "use 4 to 8")
+        require(self.patch_size >= 1, f"{p}.patch_size", "must be >= 1", "use 1, or 2 / 4 for large token grids")
         require(self.max_seq_len >= 2, f"{p}.max_seq_len", "must be >= 2", "use e.g. 16384")
 
 
@@ -227,7 +230,8 @@ def parse_entropy_config(raw: Any) -> tuple[EntropyConfig, list[str], dict]:
         raw, warns, later = user_to_native(raw)
     cfg = from_dict(EntropyConfig, raw)
     if cfg.model.name == "transformer_ar":
-        extra = [k for k in ("num_groups", "group_schedule", "max_positions") if k in raw.get("model", {})]
+        extra = [k for k in ("num_groups", "group_schedule", "max_positions", "patch_size")
+                 if k in raw.get("model", {})]
     else:
         extra = [k for k in ("max_seq_len",) if k in raw.get("model", {})]
     if extra:

@@ -66,11 +66,18 @@ class Attention(nn.Module):
         return t.view(b, n, self.nhead, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                mask: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
-        """mask: bool (Lq, Lk), True = may attend. cache: {"k", "v"} of earlier positions, extended in place."""
-        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+                mask: torch.Tensor | None = None, cache: dict | None = None,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: bool (Lq, Lk), True = may attend. cache: {"k", "v"} of earlier positions, extended in place.
+        rows: compute the output only at these sequence positions (queries), attending to every position."""
+        xq = x if rows is None else x[:, rows]
+        q, k, v = self._split(self.q(xq)), self._split(self.k(x)), self._split(self.v(x))
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            cos, sin = rope
+            q = apply_rope(q, cos, sin) if rows is None else apply_rope(q, cos[rows], sin[rows])
+            k = apply_rope(k, cos, sin)
+        if mask is not None and rows is not None:
+            mask = mask[rows]
         if cache is not None:
             if "k" in cache:
                 k = torch.cat([cache["k"], k], dim=2)
@@ -105,8 +112,11 @@ class Block(nn.Module):
         self.ff = GatedFeedForward(d_model, ff_hidden)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, rope=None, mask=None, cache=None):
-        x = x + self.drop(self.attn(self.norm1(x), rope, mask, cache))
+    def forward(self, x, rope=None, mask=None, cache=None, rows=None):
+        """rows: the block's output only at these sequence positions (B, len(rows), C); every position is still
+        attended to. Used where only some positions' logits are needed (the last block of a coding step)."""
+        a = self.attn(self.norm1(x), rope, mask, cache, rows)
+        x = (x if rows is None else x[:, rows]) + self.drop(a)
         return x + self.drop(self.ff(self.norm2(x)))
 
 
@@ -299,8 +309,19 @@ def group_sizes(n: int, groups: int, kind: str) -> list[int]:
     return [s for s in sizes if s > 0]
 
 
+_SINUSOIDS: dict[tuple, torch.Tensor] = {}
+
+
 def sinusoid_2d(height: int, width: int, dim: int, device=None) -> torch.Tensor:
-    """(H·W, dim) fixed 2-D position code: half the channels encode the row, half the column."""
+    """(H·W, dim) fixed 2-D position code: half the channels encode the row, half the column. Computed once per
+    (H, W, dim, device); callers must not modify the returned tensor in place."""
+    key = (height, width, dim, str(torch.device(device) if device is not None else torch.device("cpu")))
+    if key not in _SINUSOIDS:
+        _SINUSOIDS[key] = _sinusoid_2d(height, width, dim, device)
+    return _SINUSOIDS[key]
+
+
+def _sinusoid_2d(height: int, width: int, dim: int, device=None) -> torch.Tensor:
     def one(n: int, d: int) -> torch.Tensor:
         pos = torch.arange(n, dtype=torch.float32, device=device)[:, None]
         i = torch.arange(d // 2, dtype=torch.float32, device=device)[None, :]
@@ -322,7 +343,7 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
 
     def __init__(self, vocab_size: int, depth: int = 1, d_model: int = 256, num_layers: int = 4, nhead: int = 8,
                  ff_hidden_dim: int | None = None, dropout: float = 0.0, num_groups: int = 6,
-                 group_schedule: str = "cosine", max_positions: int = 4096):
+                 group_schedule: str = "cosine", max_positions: int = 4096, patch_size: int = 1):
         super().__init__()
         _check_common(vocab_size, d_model, num_layers, nhead, dropout)
         if depth < 1:
@@ -330,6 +351,10 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
         if num_groups < 1:
             raise ConfigError("entropy.model.num_groups", f"must be >= 1, got {num_groups}", "use e.g. 4 to 8")
         group_sizes(64, num_groups, group_schedule)  # validates the schedule name
+        if patch_size < 1:
+            raise ConfigError("entropy.model.patch_size", f"must be >= 1, got {patch_size}",
+                              "use 1 (one Transformer position per token) or 2 / 4 for large token grids")
+        self.patch_size = patch_size
         self.vocab_size = vocab_size
         self.depth = depth
         self.num_groups = num_groups
@@ -339,6 +364,8 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
         self.cfg = dict(vocab_size=vocab_size, depth=depth, d_model=d_model, num_layers=num_layers, nhead=nhead,
                         ff_hidden_dim=ff_hidden_dim, dropout=dropout, num_groups=num_groups,
                         group_schedule=group_schedule, max_positions=max_positions)
+        if patch_size != 1:  # only when set, so that models saved before the option keep their hash
+            self.cfg["patch_size"] = patch_size
         ff = ff_hidden_dim if ff_hidden_dim is not None else 3 * d_model
         self.cur_embed = nn.Embedding(depth * (vocab_size + 1), d_model)  # per depth: K codes + mask
         self.prev_embed = nn.Embedding(depth * vocab_size, d_model)
@@ -346,7 +373,9 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
         self.target_depth = nn.Embedding(depth, d_model)
         self.blocks = nn.ModuleList(Block(d_model, nhead, ff, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size)
+        self.head = nn.Linear(d_model, vocab_size * patch_size ** 2)  # per patch: p² positions × K, position-major
+        if patch_size > 1:  # the p×p positions' inputs, concatenated, -> one Transformer position
+            self.patch_in = nn.Linear(patch_size ** 2 * d_model, d_model)
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.normal_(p, std=0.02)
@@ -360,6 +389,10 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
             raise ConfigError("entropy.model", f"the model codes depth {self.depth} x {self.vocab_size} symbols, the "
                               f"tokens are depth {layout.depth} x {layout.vocab_size}",
                               "train the entropy model on this tokenizer")
+        p = self.patch_size
+        if layout.height % p or layout.width % p:
+            raise ConfigError("entropy.model.patch_size", f"a {layout.height}x{layout.width} token grid is not "
+                              f"divisible into {p}x{p} patches", "choose a patch_size that divides both sides")
         if layout.height * layout.width > self.max_positions:
             raise ConfigError("entropy.model.max_positions", f"a {layout.height}x{layout.width} token grid has "
                               f"{layout.height * layout.width} positions, more than {self.max_positions}",
@@ -393,22 +426,66 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
 
     # -- network --------------------------------------------------------------------------------------------------
     def _forward(self, tokens: torch.Tensor, known: torch.Tensor, prev: torch.Tensor | None,
-                 target: torch.Tensor) -> torch.Tensor:
+                 target: torch.Tensor, cells: torch.Tensor | None = None,
+                 prev_part: torch.Tensor | None = None) -> torch.Tensor:
         """tokens, known (S, D, H, W); prev (S, D, H, W) or None (intra); target (S,) depth being predicted
-        -> logits (S, H·W, K)."""
+        -> logits (S, H·W, K), or with `cells` (n,) grid positions (row·W + column): (S, n, K) for these only (the
+        last block, the norm and the head then run only where needed: a coding step's positions). prev_part: what
+        `_prev_input(prev)` gives, when the caller already has it."""
         s, d, h, w = tokens.shape
         K = self.vocab_size
         offs = torch.arange(d, device=tokens.device).view(1, d, 1, 1)
         cur_ids = torch.where(known, tokens, torch.full_like(tokens, K)) + offs * (K + 1)
         x = self.cur_embed(cur_ids).sum(1)  # (S, H, W, C)
-        if prev is not None:
-            x = x + self.prev_embed(prev + offs * K).sum(1)
-        else:
-            x = x + self.no_prev
-        x = x.reshape(s, h * w, -1) + sinusoid_2d(h, w, self.d_model, tokens.device) + self.target_depth(target)[:, None]
-        for blk in self.blocks:
+        x = x + (self._prev_input(prev) if prev_part is None else prev_part)
+        p = self.patch_size
+        hp, wp = h // p, w // p
+        if p > 1:  # (S, H, W, C) -> (S, H/p·W/p, p²·C), sub-position (row in patch)·p + column in patch
+            x = self.patch_in(x.reshape(s, hp, p, wp, p, -1).permute(0, 1, 3, 2, 4, 5).reshape(s, hp * wp, -1))
+        x = x.reshape(s, hp * wp, -1) + sinusoid_2d(hp, wp, self.d_model, tokens.device)
+        x = x + self.target_depth(target)[:, None]
+        for blk in self.blocks[:-1]:
             x = blk(x)
-        return self.head(self.norm(x))
+        if cells is None:
+            x = self.head(self.norm(self.blocks[-1](x)))  # (S, N, p²·K)
+            if p > 1:
+                x = x.reshape(s, hp, wp, p, p, K).permute(0, 1, 3, 2, 4, 5)
+            return x.reshape(s, h * w, K)
+        r, c = cells // w, cells % w
+        patch = (r // p) * wp + c // p
+        rows, inv = torch.unique(patch, sorted=True, return_inverse=True)
+        x = self.norm(self.blocks[-1](x, rows=rows))  # (S, len(rows), C)
+        if p == 1:
+            return self.head(x)[:, inv]
+        sub = (r % p) * p + c % p
+        weight = self.head.weight.view(p * p, K, -1)
+        bias = self.head.bias.view(p * p, K)
+        out = x.new_empty(s, len(cells), K)
+        for j in range(p * p):  # each sub-position has its own K rows of the head
+            sel = (sub == j).nonzero().reshape(-1)
+            if len(sel):
+                out[:, sel] = F.linear(x[:, inv[sel]], weight[j], bias[j])
+        return out
+
+    def _prev_input(self, prev: torch.Tensor | None) -> torch.Tensor:
+        """The previous frame's part of the input: (S, H, W, C) from prev (S, D, H, W), or the intra vector (C,)."""
+        if prev is None:
+            return self.no_prev
+        offs = torch.arange(prev.shape[1], device=prev.device).view(1, -1, 1, 1)
+        return self.prev_embed(prev + offs * self.vocab_size).sum(1)
+
+    def _cached_prev_input(self, prev: torch.Tensor | None) -> torch.Tensor:
+        """`_prev_input(prev[None])`, computed once for the D·G coding steps of a frame: reused while prev and the
+        weights it reads are unchanged (the same operations on the same values: bit-identical either way)."""
+        key = (self.prev_embed.weight._version, self.no_prev._version, self.prev_embed.weight.data_ptr())
+        c = getattr(self, "_prev_cache", None)
+        if c is not None and c[0] == key and (
+                (prev is None and c[1] is None) or (prev is not None and c[1] is not None
+                                                    and c[1].shape == prev.shape and torch.equal(c[1], prev))):
+            return c[2]
+        part = self._prev_input(None if prev is None else prev[None])
+        self._prev_cache = (key, None if prev is None else prev.clone(), part)
+        return part
 
     def _states(self, layout: FrameLayout, device) -> tuple[torch.Tensor, torch.Tensor]:
         """known masks (S, D, H, W) and target depths (S,) of every coding step."""
@@ -446,8 +523,9 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
         t, _ = self._step_state(layout, step)
         pos = self.schedule(layout)[step].to(tokens.device)
         target = torch.tensor([t], device=tokens.device)
-        logits = self._forward(tokens[None], known[None], None if prev is None else prev[None], target)
-        return logits[0, pos - t * layout.height * layout.width].float()
+        cells = pos - t * layout.height * layout.width
+        logits = self._forward(tokens[None], known[None], None, target, cells, self._cached_prev_input(prev))
+        return logits[0].float()
 
     def training_nll(self, tokens, prev, generator=None):
         """One pass per frame at a random coding step (depth t, group g) of the fixed schedule: the input is what

@@ -48,7 +48,8 @@ def build_model(cfg: EntropyConfig, layout: FrameLayout) -> TrainableEntropyMode
         model = build_entropy_model(m.name, max_seq_len=m.max_seq_len, **common)
     else:
         model = build_entropy_model(m.name, depth=layout.depth, num_groups=m.num_groups,
-                                    group_schedule=m.group_schedule, max_positions=m.max_positions, **common)
+                                    group_schedule=m.group_schedule, max_positions=m.max_positions,
+                                    patch_size=m.patch_size, **common)
     model.check_layout(layout)
     return model
 
