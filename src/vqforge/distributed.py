@@ -13,6 +13,7 @@ which `setup` keeps on), so a rank that dies or hangs ends the others in bounded
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -226,3 +227,17 @@ def report_failure(exc: BaseException) -> None:
                 "printed its own 'rank N:' error, that is the cause; a rank that hangs is given up on after "
                 "train.dist_timeout_s seconds)")
     print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def command_scope(timeout_s: float, device: str):
+    """A command's process-group lifetime: `setup`, then on an error "rank N: <error>" (`report_failure`) before it
+    propagates, and `teardown` whatever happens. Without torchrun, setup and teardown do nothing."""
+    setup(timeout_s, device)
+    try:
+        yield
+    except Exception as e:
+        report_failure(e)
+        raise
+    finally:
+        teardown()

@@ -44,32 +44,21 @@ def train_main(args) -> int:
 
     cfg, warns, later = load_entropy_config(args.config, args.overrides)
     resume = args.resume or cfg.train.resume
-    dist.setup(cfg.train.dist_timeout_s, cfg.train.device)
-    try:
+    with dist.command_scope(cfg.train.dist_timeout_s, cfg.train.device):  # setup/teardown: no-ops without torchrun
         from .trainer import EntropyTrainer
 
-        from ..train.command import default_run_dir  # --out, else train.out_dir, else runs/<config name>
+        from ..train.command import default_run_dir, fit_and_report  # run dir: --out, else train.out_dir, else runs/<name>
 
         run_dir = default_run_dir(cfg, args.config, args.out)
         if not resume and (run_dir / "checkpoints" / "latest").exists():
             raise CheckpointError(f"{run_dir} already holds an entropy training run; continue it with --resume "
                                   f"{run_dir}, or train into another directory with --out")
         tr = EntropyTrainer(cfg, run_dir, resume=resume, warnings=warns, later=later)
-        try:
-            metrics = tr.fit()
-            if dist.is_main():
-                out = tr.export()
-                tr.logger.info(f"run directory: {run_dir}")
-                tr.logger.info(f"  entropy model (for the codec / load_entropy_model): {out}")
-                if metrics:
-                    tr.logger.info("  final validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        finally:
-            tr.logger.close()
-    except Exception as e:
-        dist.report_failure(e)
-        raise
-    finally:
-        dist.teardown()
+
+        def export() -> list[str]:
+            return [f"run directory: {run_dir}", f"  entropy model (for the codec / load_entropy_model): {tr.export()}"]
+
+        fit_and_report(tr.fit, tr.logger, export)
     return 0
 
 

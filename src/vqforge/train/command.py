@@ -23,10 +23,23 @@ def default_run_dir(cfg, config_path: str, out: str | None) -> Path:
     return Path("runs") / Path(config_path).stem
 
 
+def fit_and_report(fit, logger, export) -> None:
+    """Train (`fit()` returns the final validation metrics), then on the main process run `export()`, which returns
+    the lines that say where the results are, and log them; the logger is closed whatever happens."""
+    try:
+        metrics = fit()
+        if dist.is_main():
+            for line in export():
+                logger.info(line)
+            if metrics:
+                logger.info("  final validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    finally:
+        logger.close()
+
+
 def train_main(args) -> int:
     cfg, warns = _load(args.config, args.overrides)
-    dist.setup(cfg.train.dist_timeout_s, cfg.train.device)  # a no-op without torchrun
-    try:
+    with dist.command_scope(cfg.train.dist_timeout_s, cfg.train.device):  # setup/teardown: no-ops without torchrun
         from .build import build_run
 
         run_dir = default_run_dir(cfg, args.config, args.out)
@@ -44,27 +57,17 @@ def train_main(args) -> int:
         differences = previous_system_differences(cfg)
         if differences:
             run.logger.info(format_differences(differences))
-        try:
-            metrics = run.trainer.fit()
-            if dist.is_main():
-                export_dir = run_dir / "model"
-                from ..models.pretrained import save_pretrained
 
-                save_pretrained(run.trainer.raw_model, cfg, export_dir)
-                run.logger.info(f"run directory: {run_dir}")
-                run.logger.info(f"  model (for from_pretrained / vqforge eval): {export_dir}")
-                run.logger.info(f"  checkpoints: {run_dir / 'checkpoints'}")
-                run.logger.info(f"  reconstruction grids: {run_dir / 'images'}")
-                run.logger.info(f"  metrics: {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tensorboard'})")
-                if metrics:
-                    run.logger.info("  final validation: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-        finally:
-            run.logger.close()
-    except Exception as e:
-        dist.report_failure(e)  # under torchrun: "rank N: <error>", so the log names the rank that failed
-        raise
-    finally:
-        dist.teardown()
+        def export() -> list[str]:
+            from ..models.pretrained import save_pretrained
+
+            export_dir = run_dir / "model"
+            save_pretrained(run.trainer.raw_model, cfg, export_dir)
+            return [f"run directory: {run_dir}", f"  model (for from_pretrained / vqforge eval): {export_dir}",
+                    f"  checkpoints: {run_dir / 'checkpoints'}", f"  reconstruction grids: {run_dir / 'images'}",
+                    f"  metrics: {run_dir / 'metrics.jsonl'} (TensorBoard: {run_dir / 'tensorboard'})"]
+
+        fit_and_report(run.trainer.fit, run.logger, export)
     return 0
 
 
