@@ -42,6 +42,7 @@ def test_kmeans_init_runs_per_subspace():
         assert torch.all(d.min(dim=1).values < 0.1), (i, d.min(dim=1).values)
         # and assignment in that subspace is the nearest of its codes (those before this step's EMA move)
         assert torch.unique(out.indices[0, i, 0]).numel() == k
+        assert torch.equal(out.indices[0, i, 0], torch.cdist(zf[:, i * sub:(i + 1) * sub], book).argmin(1))
     # once done (the flag is state: it survives a reload), a later training forward is a plain EMA step: the same
     # as that of a quantizer without maintenance holding the same codebooks
     q.load_state_dict(q.state_dict())
