@@ -1,7 +1,7 @@
 """Held-out quality and codebook usage of every quantizer under one protocol (README "Quantizers").
 
 Protocol, identical for every row:
-- data: the sample photos (`data.source: sample_photos`): 6 training photos, shorter side resized to 128, random
+- data: the sample photos (`data.source: sample_photos`): the 10 training photos, shorter side resized to 128, random
   64×64 crops with horizontal flips, batch 4, the trainer's own stream;
 - network: taming-family encoder/decoder, f4 (ch_mult [1, 1, 2]), ch 64, one res block per level, no attention,
   z_channels 64; only the quantizer (and the width of the 1x1 quant_conv/post_quant_conv around it, i.e. the code
@@ -83,11 +83,18 @@ def heldout_crops(scales: list[int], flips: bool = False):
     import torch
     import torch.nn.functional as F
 
-    from vqforge.data.samples import sample_photo_split
+    import numpy as np
+
+    from vqforge.data.samples import VAL_TILES, sample_photo_split
 
     _, val = sample_photo_split()
+    # the split cuts each held-out photo into VAL_TILES x VAL_TILES tiles: put every photo back together, so that the
+    # larger shorter sides (up to the photo's own) exist and the crops cover the photos' full resolution
+    n = VAL_TILES * VAL_TILES
+    photos = [np.concatenate([np.concatenate(val[i + r * VAL_TILES:i + (r + 1) * VAL_TILES], axis=1)
+                              for r in range(VAL_TILES)], axis=0) for i in range(0, len(val), n)]
     crops = []
-    for photo in val:
+    for photo in photos:
         img = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H, W)
         h, w = img.shape[-2:]
         for s in scales:
