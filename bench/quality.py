@@ -1,7 +1,7 @@
 """Held-out quality and codebook usage of every quantizer under one protocol (README "Quantizers").
 
 Protocol, identical for every row:
-- data: the sample photos (`data.source: sample_photos`): 6 training photos, shorter side resized to 128, random
+- data: the sample photos (`data.source: sample_photos`): the 10 training photos, shorter side resized to 128, random
   64×64 crops with horizontal flips, batch 4, the trainer's own stream;
 - network: taming-family encoder/decoder, f4 (ch_mult [1, 1, 2]), ch 64, one res block per level, no attention,
   z_channels 64; only the quantizer (and the width of the 1x1 quant_conv/post_quant_conv around it, i.e. the code
@@ -10,11 +10,13 @@ Protocol, identical for every row:
   LPIPS, Adam (betas 0.5, 0.9), lr 1e-3 with 5 warm-up steps and a cosine decay to 1e-4, `--steps` steps, seed 0;
 - evaluation on the two held-out photos (coffee, chelsea), never seen in training: at 64×64 f4 one crop is 256
   tokens, and one centre crop per photo (the training run's own validation set) is 512 tokens, far too few to ever
-  use 16,384 codes. So the held-out set here is every non-overlapping 64×64 crop of each held-out photo resized
-  to several shorter sides (`--scales`, from 128 px up to the photo's own size): different pixels at each scale,
-  no crop overlaps another of its scale. `usage_ceiling` = min(1, tokens / K) is the most any quantizer could
-  reach on that many tokens. PSNR/SSIM per crop (uint8), usage / perplexity / dead codes over all held-out tokens,
-  bits per pixel at log2 K per token, all from `vqforge.eval.evaluator.evaluate`.
+  use 16,384 codes. PSNR/SSIM per crop (uint8) and bits per pixel (log2 K per token) come from
+  `vqforge.eval.evaluator.evaluate` over every non-overlapping 64×64 crop of each held-out photo resized to the
+  shorter sides `--scales` (no upsampling). Usage, perplexity and dead codes are counted over those crops' tokens
+  and, when K is more than a quarter of them, also over the (encode-only) crops at the shorter sides
+  `--usage-scales`: other pixel grids of the same two photos, so that the held-out token count N is many times K.
+  Each row reports N and what a code drawn uniformly at random would use on N tokens, 1 − (1 − 1/K)^N: usage
+  cannot be judged against 100% when N is not far above K.
 
 By default the configurations run one after another in this process with one thread (`--jobs N` runs N at a time,
 each in its own process); the table and JSON are rewritten after every configuration, so an interrupted run keeps
@@ -22,6 +24,7 @@ what it measured; at the end the table is printed (markdown) and plotted (usage 
 codebook sizes). K >= 16,384 runs first: that is where the quantizers differ.
 
     PYTHONPATH=src python bench/quality.py [--steps 30] [--jobs 1] [--out bench/results/quality]
+                                           [--scales 128 256 400] [--usage-scales 136 160 ... 400]
                                            [--only fsq-16384 lfq-512 ...]
 """
 
@@ -54,7 +57,7 @@ for k in (512, 16384):
 levels = {512: [8, 8, 8], 16384: [8, 8, 8, 8, 4]}
 for k, lv in levels.items():
     CASES[f"fsq-{k}"] = ({"type": "fsq", "fsq_levels": lv}, k, len(lv))
-ORDER = [f"{q}-{k}" for k in (16384, 512) for q in ("vq", "ema-restarts", "simvq", "fsq", "lfq")]
+ORDER = [f"{q}-{k}" for k in (16384, 512) for q in ("fsq", "simvq", "lfq", "ema-restarts", "vq")]
 
 
 def case_config(name: str, steps: int) -> dict:
@@ -74,16 +77,24 @@ def case_config(name: str, steps: int) -> dict:
     }
 
 
-def heldout_crops(scales: list[int]):
-    """(N, 3, 64, 64) float in [-1, 1]: non-overlapping 64×64 crops of each held-out photo at each shorter side."""
+def heldout_crops(scales: list[int], flips: bool = False):
+    """(N, 3, 64, 64) float in [-1, 1]: non-overlapping 64×64 crops of each held-out photo at each shorter side
+    (and of its mirror image with `flips`)."""
     import torch
     import torch.nn.functional as F
 
-    from vqforge.data.samples import sample_photo_split
+    import numpy as np
+
+    from vqforge.data.samples import VAL_TILES, sample_photo_split
 
     _, val = sample_photo_split()
+    # the split cuts each held-out photo into VAL_TILES x VAL_TILES tiles: put every photo back together, so that the
+    # larger shorter sides (up to the photo's own) exist and the crops cover the photos' full resolution
+    n = VAL_TILES * VAL_TILES
+    photos = [np.concatenate([np.concatenate(val[i + r * VAL_TILES:i + (r + 1) * VAL_TILES], axis=1)
+                              for r in range(VAL_TILES)], axis=0) for i in range(0, len(val), n)]
     crops = []
-    for photo in val:
+    for photo in photos:
         img = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H, W)
         h, w = img.shape[-2:]
         for s in scales:
@@ -92,13 +103,15 @@ def heldout_crops(scales: list[int]):
             size = (round(h * s / min(h, w)), round(w * s / min(h, w)))
             x = F.interpolate(img, size=size, mode="bilinear", antialias=True, align_corners=False) if s != min(h, w) else img
             x = x.clamp(-1, 1)
+            if flips:
+                x = torch.cat([x, x.flip(-1)])
             for top in range(0, size[0] - 63, 64):
                 for left in range(0, size[1] - 63, 64):
-                    crops.append(x[0, :, top:top + 64, left:left + 64])
+                    crops.extend(x[:, :, top:top + 64, left:left + 64])
     return torch.stack(crops)
 
 
-def run_case(name: str, steps: int, scales: list[int]) -> dict:
+def run_case(name: str, steps: int, scales: list[int], usage_scales: list[int]) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -120,25 +133,41 @@ def run_case(name: str, steps: int, scales: list[int]) -> dict:
         crops = heldout_crops(scales)
         batches = (crops[i:i + 32] for i in range(0, len(crops), 32))
         result = evaluate(model, batches)
+        counts = result.usage_counts[0].clone().to(torch.int64)
+        k = counts.numel()
+        if k > len(crops) * 256 // 4 and usage_scales:
+            # tokens of the PSNR set alone are too few for K codes: count more held-out tokens (encode only)
+            model.eval()
+            extra = heldout_crops(usage_scales)
+            with torch.no_grad():
+                for i in range(0, len(extra), 32):
+                    idx = model.encode(extra[i:i + 32])
+                    counts += torch.bincount(idx.reshape(-1), minlength=k)
     lvl = result.codebook[0]
-    k = lvl.num_codes
+    n = int(counts.sum())
+    p = counts[counts > 0].double() / n
+    entropy_bits = float(-(p * p.log2()).sum())
     return {
         "name": name, "quantizer": name.rsplit("-", 1)[0], "K": k, "embed_dim": CASES[name][2], "steps": steps,
-        "psnr": result.psnr, "ssim": result.ssim, "usage": lvl.usage, "used": lvl.used, "dead": lvl.dead,
-        "perplexity": lvl.perplexity, "entropy_bits": lvl.entropy_bits, "bpp": result.bpp,
-        "heldout_crops": result.num_images, "heldout_tokens": lvl.tokens, "usage_ceiling": min(1.0, lvl.tokens / k),
-        "train_seconds": train_s, "eval_seconds": result.seconds,
+        "psnr": result.psnr, "ssim": result.ssim, "bpp": result.bpp, "psnr_crops": result.num_images,
+        # usage over all counted held-out tokens (the PSNR crops plus, at large K, the extra encode-only tiles)
+        "usage": float((counts > 0).double().mean()), "used": int((counts > 0).sum()),
+        "dead": int((counts == 0).sum()), "perplexity": 2.0**entropy_bits, "entropy_bits": entropy_bits,
+        "heldout_tokens": n, "usage_psnr_set": lvl.usage, "tokens_psnr_set": lvl.tokens,
+        # what a code drawn uniformly at random would use on n tokens: 1 - (1 - 1/K)^n
+        "usage_uniform": 1.0 - (1.0 - 1.0 / k) ** n,
+        "train_seconds": train_s, "eval_seconds": time.perf_counter() - t0 - train_s,
     }
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| quantizer | K | code dim | held-out PSNR (dB) | SSIM | usage | used / K | perplexity | bits/pixel "
-            "| tokens (ceiling) |")
-    out = [head, "|" + "---|" * 10]
+    head = ("| quantizer | K | code dim | held-out PSNR (dB) | SSIM | usage | used / K | held-out tokens N "
+            "| uniform code on N | perplexity | bits/pixel |")
+    out = [head, "|" + "---|" * 11]
     for r in rows:
         out.append(f"| {r['quantizer']} | {r['K']:,} | {r['embed_dim']} | {r['psnr']:.2f} | {r['ssim']:.3f} "
-                   f"| {100 * r['usage']:.1f}% | {r['used']:,} / {r['K']:,} | {r['perplexity']:.0f} | {r['bpp']:.3f} "
-                   f"| {r['heldout_tokens']:,} ({100 * r['usage_ceiling']:.0f}%) |")
+                   f"| {100 * r['usage']:.1f}% | {r['used']:,} / {r['K']:,} | {r['heldout_tokens']:,} "
+                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} | {r['bpp']:.3f} |")
     return "\n".join(out)
 
 
@@ -174,15 +203,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--jobs", type=int, default=1, help="configurations trained at once (one thread each)")
-    ap.add_argument("--scales", type=int, nargs="+", default=[128, 160, 192, 224, 256, 300, 352, 400],
-                    help="shorter sides of the held-out photos for the evaluation crops (no upsampling)")
+    ap.add_argument("--scales", type=int, nargs="+", default=[128, 256, 400],
+                    help="shorter sides of the held-out photos for the PSNR/SSIM crops (no upsampling)")
+    ap.add_argument("--usage-scales", type=int, nargs="*", default=list(range(136, 401, 24)),
+                    help="more shorter sides whose crops are only encoded, to count usage at large K")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
     ap.add_argument("--only", nargs="+", choices=list(CASES), default=None)
     ap.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = ap.parse_args()
 
     if args.case:
-        print("RESULT " + json.dumps(run_case(args.case, args.steps, args.scales)), flush=True)
+        print("RESULT " + json.dumps(run_case(args.case, args.steps, args.scales, args.usage_scales)), flush=True)
         return
 
     names = [n for n in ORDER if args.only is None or n in args.only]
@@ -193,7 +224,7 @@ def main() -> None:
 
     def write() -> list[dict]:
         rows = [results[n] for n in names if n in results]
-        meta = {"steps": args.steps, "jobs": args.jobs, "scales": args.scales,
+        meta = {"steps": args.steps, "jobs": args.jobs, "scales": args.scales, "usage_scales": args.usage_scales,
                 "wall_seconds": time.perf_counter() - t0, "load_average_start": load0,
                 "load_average_end": os.getloadavg(), "cpus": os.cpu_count(), "threads_per_run": 1}
         (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
@@ -208,7 +239,7 @@ def main() -> None:
 
     if args.jobs <= 1:
         for name in names:
-            done(name, run_case(name, args.steps, args.scales))
+            done(name, run_case(name, args.steps, args.scales, args.usage_scales))
     else:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -217,7 +248,7 @@ def main() -> None:
             while pending and len(running) < args.jobs:
                 name = pending.pop(0)
                 cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--scales",
-                       *map(str, args.scales)]
+                       *map(str, args.scales), "--usage-scales", *map(str, args.usage_scales)]
                 running.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                        text=True, env=env)))
             time.sleep(1.0)

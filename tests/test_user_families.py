@@ -229,7 +229,7 @@ def test_optvq_family_defaults_and_aliases():
     assert (c.nb_levels, c.scaling_rates, c.res_channels) == (3, [8, 4, 2], 32)
     assert (c.epsilon, c.n_iters, c.normalize_mode, c.use_prob, c.beta, c.loss_q_type, c.use_proj) == (
         10.0, 5, "all", True, 1.0, "ce", True)
-    for alias in ("vqvae2optvq", "VQVAE2_OptVQ", "vqvae2_optvq", "Vqvae2OptVQ", "vqvaeoptvq"):
+    for alias in ("vqvae2optvq", "VQVAE2_OptVQ", "vqvae2_optvq", "Vqvae2OptVQ"):
         cfg = parse_config({"model_type": alias, "model_args": {"nb_entries": 16}})
         assert cfg.model.family == "vqvae2_optvq"
         assert cfg.model.vqvae2_optvq.scaling_rates == [8, 4, 2]

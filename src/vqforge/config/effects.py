@@ -101,8 +101,8 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
             flag([_Q + "legacy"], "model.variant is EMAVQ; its codebook is updated by EMA, so there is no codebook "
                                   "term whose beta placement `legacy` could change")
         elif m.variant == "PQEMAVQ":
-            flag(GUMBEL_FIELDS + MAINTENANCE_FIELDS + (_Q + "legacy",),
-                 "model.variant is PQEMAVQ: EMA codebooks per subspace, without Gumbel, legacy or maintenance settings")
+            flag(GUMBEL_FIELDS + (_Q + "legacy",),
+                 "model.variant is PQEMAVQ: EMA codebooks per subspace, without Gumbel or legacy settings")
         elif m.variant == "GumbelVQ":
             flag(EMA_FIELDS, "model.variant is GumbelVQ; only EMAVQ (and VQ-VAE-2) codebooks are updated by EMA")
             flag([_Q + "beta", _Q + "legacy"], "model.variant is GumbelVQ, which has no commitment loss")

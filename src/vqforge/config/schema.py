@@ -35,8 +35,10 @@ FAMILY_ALIASES: dict[str, Family] = {
     "vqvae2optvq": "vqvae2_optvq",
     "VQVAE2_OptVQ": "vqvae2_optvq",
     "Vqvae2OptVQ": "vqvae2_optvq",
-    "vqvaeoptvq": "vqvae2_optvq",
-    # the user's single-level VqVae (their `VqVae2` class: VQGAN-style encoder/decoder + EMA codebook)
+    # the user's single-level VqVae (their `VqVae2` class: VQGAN-style encoder/decoder + EMA codebook); the user's
+    # registry sent `vqvaeoptvq` to that class with the OptVQ (Sinkhorn) quantizer, not to the VQ-VAE-2 OptVQ
+    # family: the seed readers set model.dalle_vqvae.quantizer: optvq for it (config/seed.py map_model_type)
+    "vqvaeoptvq": "dalle_vqvae",
     "dalle_vqvae": "dalle_vqvae",
     "VqVae": "dalle_vqvae",
     "vq_vae": "dalle_vqvae",
@@ -356,6 +358,12 @@ class DalleVQVAEConfig:
     commitment_cost: float = 0.25
     decay: float = 0.99  # EMA codebook decay; 0 = codebook trained by gradients (codebook + commitment loss)
     channels: list[int] = field(default_factory=lambda: [128, 128, 128, 256, 256, 512])
+    # ema: the EMA codebook (decay > 0) or gradient-trained VQ (decay 0); optvq: the OptVQ quantizer of model_type
+    # vqvaeoptvq (Sinkhorn assignment in training, l2 loss, codebook proj(embedding)); decay and commitment_cost
+    # then have no effect
+    quantizer: Literal["ema", "optvq"] = "ema"
+    optvq_beta: float = 1.0  # optvq: weight of the codebook term mse(E_k, sg[x]) (the user's optvq_beta)
+    optvq_use_proj: bool = True  # optvq: codebook = proj(embedding.weight) (the user's optvq_use_proj)
 
     @property
     def downsample_factor(self) -> int:
@@ -374,6 +382,7 @@ class DalleVQVAEConfig:
         bad = [c for c in self.channels if c <= 0 or c % 32]
         require(not bad, f"{p}.channels", f"widths {bad} are not positive multiples of 32 (the GroupNorm group count)",
                 "use widths such as 64, 128, 256")
+        require(self.optvq_beta >= 0, f"{p}.optvq_beta", f"must be >= 0, got {self.optvq_beta}", "use e.g. 1.0")
 
 
 @dataclass

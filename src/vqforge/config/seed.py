@@ -52,7 +52,7 @@ VQVAE2_MODEL_ARGS = VQVAE2_PARAMS + tuple(VQVAE2_OLD_NAMES)
 OTHER_MODEL_ARGS = ("group_count", "n_blk_per_group", "output_channels", "commitment_cost", "decay", "beta", "eps",
                     "sequence_length", "epsilon", "n_iters", "normalize_mode", "use_prob", "loss_q_type", "use_norm",
                     "use_proj", "rvq_levels", "num_quantizers", "use_residual_rq", "pq_num_subspaces", "pq_decay",
-                    "pq_eps")
+                    "pq_eps", "optvq_beta", "optvq_use_proj", "optvq_use_sinkhorn", "optvq_num_head", "use_optvq")
 VQFORGE_MODEL_ARGS = ("quantizer",)  # vqforge's quantizer section (k-means init, restarts, ...), any family
 MODEL_ARGS = tuple(dict.fromkeys(TAMING_MODEL_ARGS + VQVAE2_MODEL_ARGS + OTHER_MODEL_ARGS + VQFORGE_MODEL_ARGS))
 
@@ -176,6 +176,8 @@ def map_model_type(b: NativeBuilder, mt: Any, where: str = "model_type") -> str:
         raise ConfigError(where, f"unknown model type {mt!r} (known: {', '.join(known)})", fix)
     family = FAMILY_ALIASES[mt]
     b.put("model.family", family, where)
+    if mt == "vqvaeoptvq":  # the previous registry: the VqVae network with the OptVQ (Sinkhorn) quantizer
+        b.put("model.dalle_vqvae.quantizer", "optvq", where)
     return family
 
 
@@ -349,7 +351,8 @@ def _map_user_family_args(b: NativeBuilder, raw: dict, args: dict) -> None:
         raise ConfigError("model_args.model_variant", f"{mv!r}: model_type {mt!r} ({FAMILY_NAMES[family]}) has no "
                           "variants", 'remove model_variant, or set "model_type": "TamingVQGAN" for a taming variant')
     b.default("model.variant", None)
-    apply_user_model_args(b, map_user_model_args(family, args, "model_args"))
+    apply_user_model_args(b, map_user_model_args(family, args, "model_args",
+                                                  variant="optvq" if mt == "vqvaeoptvq" else None))
     if "scaling_rates" in raw:
         if family == "dalle_vqvae":
             inert(b, "scaling_rates", "the VqVae model has one level and takes no scaling rates")

@@ -17,7 +17,11 @@ Meanings, from the user's code:
   an error naming both keys.)
 - `dalle_vqvae` (the user's VqVae): `input_channels, n_init, vocab_size, commitment_cost, decay` shape the model;
   `group_count, n_hid, n_blk_per_group, output_channels` were accepted by the user's class but never reached its
-  network -> no effect.
+  network -> no effect. With model_type `vqvaeoptvq` (variant "optvq" here) the same class was built with the OptVQ
+  quantizer: `optvq_beta, optvq_use_proj` shape it, `decay, commitment_cost` never reached it -> no effect;
+  `optvq_use_sinkhorn: false` (nearest-code OptVQ) and `optvq_num_head` > 1 are not available -> ConfigError.
+  Without optvq the user's VqVae forced the EMA codebook, so the `optvq_*` keys had no effect there. `use_optvq`
+  was overwritten by the model_type in the user's system -> no effect.
 - `taming` (later format): `rvq_levels` (alias `num_quantizers`; the user's system let rvq_levels win silently, here
   two different values are an error) with `model_variant: EMAVQ` = the user's residual quantizer (one shared EMA
   codebook, prefix loss, keys quantize.embedding.*); with any other variant the user's system ignored it -> no effect.
@@ -40,12 +44,13 @@ OLD_NAMES = {"input_channels": "in_channels", "vocab_size": "nb_entries", "n_ini
              "n_hid": "hidden_channels"}
 DALLE_PARAMS = ("input_channels", "n_init", "vocab_size", "commitment_cost", "decay")
 DALLE_INERT = ("group_count", "n_hid", "n_blk_per_group", "output_channels")
+DALLE_OPTVQ = ("optvq_beta", "optvq_use_proj", "optvq_use_sinkhorn", "optvq_num_head", "use_optvq")
 TAMING_EXTRA = ("rvq_levels", "num_quantizers", "pq_num_subspaces", "pq_decay", "pq_eps")
 # keys a reader maps the same way for every family
 GENERIC = ("model_variant", "lossconfig", "ckpt_path")
 # every parameter name of the user's model families: such a key on another family is "no effect", not a typo
 ALL_USER_PARAMS = tuple(dict.fromkeys(OPTVQ_PARAMS + ("use_norm",) + tuple(OLD_NAMES) + DALLE_PARAMS + DALLE_INERT
-                                      + TAMING_EXTRA + ("n_embed", "ddconfig", "quantizer", "eps")))
+                                      + DALLE_OPTVQ + TAMING_EXTRA + ("n_embed", "ddconfig", "quantizer", "eps")))
 
 
 @dataclass
@@ -61,7 +66,7 @@ def map_user_model_args(family: str, args: dict, where: str = "model_args", vari
     if family == "vqvae2_optvq":
         _optvq(args, where, out)
     elif family == "dalle_vqvae":
-        _dalle(args, where, out)
+        _dalle(args, where, out, optvq=variant == "optvq")
     elif family == "taming":
         _taming_extra(args, where, out, variant or "VQModel")
     return out
@@ -106,20 +111,41 @@ def _optvq(args: dict, where: str, out: UserModelArgs) -> None:
                                f"{old} is the older name of {new}"))
 
 
-def _dalle(args: dict, where: str, out: UserModelArgs) -> None:
+def _dalle(args: dict, where: str, out: UserModelArgs, optvq: bool = False) -> None:
     for key, value in args.items():
         if key in GENERIC:
             continue
         out.handled.add(key)
         if key in DALLE_PARAMS:
-            out.values.append((f"model.dalle_vqvae.{key}", value, f"{where}.{key}", None))
+            if optvq and key in ("decay", "commitment_cost"):
+                out.inert.append((f"{where}.{key}", "model_type vqvaeoptvq uses the OptVQ quantizer, which has no "
+                                  "EMA codebook and no commitment cost (its weight is optvq_beta)"))
+            else:
+                out.values.append((f"model.dalle_vqvae.{key}", value, f"{where}.{key}", None))
         elif key in DALLE_INERT:
             out.inert.append((f"{where}.{key}", "the VqVae network (VQGAN-style encoder/decoder) never reads it, in "
                               "the previous system either"))
+        elif key == "use_optvq":
+            out.inert.append((f"{where}.{key}", "the model_type decides the quantizer (vqvaeoptvq: OptVQ, VqVae: "
+                              "EMA codebook), as it overrode use_optvq in the previous system"))
+        elif key in DALLE_OPTVQ and not optvq:
+            out.inert.append((f"{where}.{key}", "model_type VqVae builds the EMA codebook, not OptVQ (use model_type "
+                              "vqvaeoptvq for the OptVQ quantizer)"))
+        elif key in ("optvq_beta", "optvq_use_proj"):
+            out.values.append((f"model.dalle_vqvae.{key}", value, f"{where}.{key}", None))
+        elif key == "optvq_use_sinkhorn":
+            if value is not True:
+                raise ConfigError(f"{where}.{key}", f"{value!r}: the OptVQ quantizer without Sinkhorn assignment is "
+                                  "not available in vqforge", 'set "optvq_use_sinkhorn": true or remove it')
+        elif key == "optvq_num_head":
+            if value != 1:
+                raise ConfigError(f"{where}.{key}", f"{value!r}: multi-head OptVQ is not available in vqforge",
+                                  'set "optvq_num_head": 1 or remove it')
         elif key in ALL_USER_PARAMS:
             out.inert.append((f"{where}.{key}", "the VqVae model does not use it"))
         else:
-            raise _unknown(key, DALLE_PARAMS + DALLE_INERT, where, "dalle_vqvae (VqVae)")
+            raise _unknown(key, DALLE_PARAMS + DALLE_INERT + (DALLE_OPTVQ if optvq else ()), where,
+                           "dalle_vqvae (vqvaeoptvq)" if optvq else "dalle_vqvae (VqVae)")
 
 
 def _taming_extra(args: dict, where: str, out: UserModelArgs, variant: str) -> None:

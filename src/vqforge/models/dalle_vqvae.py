@@ -1,4 +1,5 @@
-"""The user's single-level VQ-VAE (model_type VqVae / vq_vae / vqvae; native family `dalle_vqvae`).
+"""The user's single-level VQ-VAE (model_type VqVae / vq_vae / vqvae, and vqvaeoptvq with the OptVQ quantizer;
+native family `dalle_vqvae`).
 
 Its configs carry DALL-E-dVAE parameter names (`group_count, n_hid, n_blk_per_group, vocab_size, n_init,
 input_channels, output_channels, commitment_cost, decay`), but the network the user's `VqVae2` class builds is a
@@ -14,6 +15,11 @@ never reach it (the reader lists them as having no effect). vqforge builds that 
                    ResidualBlock (+ attention at the deepest resolution, levels 0 and 1), UpSampleBlock after level
                    j ≥ 1; GroupNorm, Swish, conv3x3(→ input_channels)
 
+    vq_vae (quantizer: optvq, model_type vqvaeoptvq): OptVQQuantizer holding `optvq_quantizer`, a SinkhornQuantizer
+                   (keys embedding.weight and, with optvq_use_proj, proj.{weight,bias}) with the settings the user's
+                   class fixed: epsilon 10, 5 iterations, "all" normalisation, sampled assignment, l2 loss with
+                   weight optvq_beta; nearest code in eval mode
+
 with encoder widths c = `channels` (the user's: [128, 128, 128, 256, 256, 512], downsampling 16) and decoder widths
 d = c[1:] reversed. Residual blocks: GroupNorm(32)-Swish-conv3x3 twice, plus a 1x1 `channel_up` when widths change.
 State-dict keys are the user's (`encoder.model.{i}...`, `vq_vae.*`, `decoder.model.{i}...`).
@@ -26,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config.schema import ModelConfig
+from ..quantizers.base import Quantizer, QuantizerOutput, check_index_range
+from ..quantizers.sinkhorn import SinkhornQuantizer
 from ..quantizers.smoothed_ema import SmoothedEMAQuantizer
 from ..quantizers.base import CodebookQuantizer
 from ..quantizers.vq import VectorQuantizer
@@ -148,6 +156,24 @@ class Decoder(nn.Module):
         return self.model(x)
 
 
+class OptVQQuantizer(Quantizer):
+    """The OptVQ quantizer of model_type vqvaeoptvq, under the user's module name `optvq_quantizer` (so that the
+    user's checkpoint keys `vq_vae.optvq_quantizer.*` load as they are)."""
+
+    def __init__(self, n_embed: int, embed_dim: int, beta: float, use_proj: bool):
+        super().__init__()
+        self.optvq_quantizer = SinkhornQuantizer(n_embed, embed_dim, epsilon=10.0, n_iters=5, normalize_mode="all",
+                                                 use_prob=True, beta=beta, loss_q_type="l2", use_proj=use_proj)
+        self.num_codes = n_embed
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        return self.optvq_quantizer(z)
+
+    def codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        check_index_range(indices, self.num_codes)
+        return self.optvq_quantizer.codes_from_indices(indices)
+
+
 class DalleVQVAE(nn.Module):
     """Single-level VQ-VAE tokenizer: images in [-1, 1] -> indices (B, h, w) -> images."""
 
@@ -157,8 +183,10 @@ class DalleVQVAE(nn.Module):
         c = config.dalle_vqvae
         c.check("model.dalle_vqvae")
         self.encoder = Encoder(c.input_channels, list(c.channels), c.n_init)
-        self.vq_vae: CodebookQuantizer
-        if c.decay > 0:
+        self.vq_vae: CodebookQuantizer | OptVQQuantizer
+        if c.quantizer == "optvq":
+            self.vq_vae = OptVQQuantizer(c.vocab_size, c.n_init, beta=c.optvq_beta, use_proj=c.optvq_use_proj)
+        elif c.decay > 0:
             self.vq_vae = SmoothedEMAQuantizer(c.vocab_size, c.n_init, commitment_cost=c.commitment_cost, decay=c.decay)
         else:
             self.vq_vae = VectorQuantizer(c.vocab_size, c.n_init, beta=c.commitment_cost, legacy=False)

@@ -1,5 +1,5 @@
 """VQ-VAE-2 with optimal-transport code assignment (model_type vqvae2optvq / VQVAE2_OptVQ / vqvae2_optvq /
-Vqvae2OptVQ / vqvaeoptvq): the hierarchical VQ-VAE-2 of vqvae2.py whose every level quantizes with a
+Vqvae2OptVQ; `vqvaeoptvq` is the single-level VqVae with this quantizer, see dalle_vqvae.py): the hierarchical VQ-VAE-2 of vqvae2.py whose every level quantizes with a
 `SinkhornQuantizer` (quantizers/sinkhorn.py) instead of an EMA codebook.
 
 Architecture and data flow are vqvae2.py's (same module tree), configured by `model.vqvae2_optvq` with this family's
@@ -51,7 +51,7 @@ class VQVAE2OptVQ(VQVAE2):
         return OptVQCodeLayer(in_channels, embed_dim, nb_entries, q)
 
 
-@register_model("vqvae2_optvq", aliases=("vqvae2optvq", "VQVAE2_OptVQ", "Vqvae2OptVQ", "vqvaeoptvq"))
+@register_model("vqvae2_optvq", aliases=("vqvae2optvq", "VQVAE2_OptVQ", "Vqvae2OptVQ"))
 def build_vqvae2_optvq(config: ModelConfig) -> VQVAE2OptVQ:
     """Build an OptVQ VQ-VAE-2 from `config.vqvae2_optvq`."""
     c = config.vqvae2_optvq

@@ -51,7 +51,8 @@ def build_quantizer(variant: str, cfg: QuantizerConfig, n_embed: int, embed_dim:
         if embed_dim % cfg.num_subspaces:
             raise ConfigError("model.quantizer.num_subspaces", f"embed_dim {embed_dim} is not divisible into "
                               f"{cfg.num_subspaces} subspaces", "choose num_subspaces dividing embed_dim")
-        return ProductEMAQuantizer(n_embed, embed_dim, cfg.num_subspaces, beta=cfg.beta, decay=cfg.decay, eps=cfg.eps)
+        return ProductEMAQuantizer(n_embed, embed_dim, cfg.num_subspaces, beta=cfg.beta, decay=cfg.decay, eps=cfg.eps,
+                                   maintenance=MaintenanceConfig.from_config(cfg))
     if variant in ("VQModel", "EMAVQ"):
         kind = "vq" if variant == "VQModel" else "ema"
         if cfg.rvq_levels > 1:

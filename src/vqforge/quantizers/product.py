@@ -12,6 +12,12 @@ and sums summed over DDP ranks first (one all-reduce for all subspaces).
 
 State dict: `codebooks.{s}.weight` (K, C/S), `codebooks.{s}.cluster_size` (K,), `codebooks.{s}.embed_avg` (K, C/S),
 the user's key names, so their PQ-GAN checkpoints load strictly.
+
+Options (off by default, vqforge's, as for the EMA quantizer; maintenance.py): k-means initialisation
+(`kmeans_init`, `kmeans_iters`, `kmeans_batches`) and dead-code restarts (`restart_unused_steps`), each run per
+subspace: subspace s's codebook is initialised by k-means on the first batches' z_s, and its codes unused (over all
+ranks) for that many training forwards get random z_s rows of the step. Their state is `maintenance.{s}.kmeans_done`
+and `maintenance.{s}.steps_unused`, present only when the option is on (so the user's checkpoints still load).
 """
 
 from __future__ import annotations
@@ -26,13 +32,14 @@ from .assign import code_counts, code_sums, nearest_code
 from .base import (Quantizer, QuantizerOutput, flatten_channels_last, level_code_stats, stack_index_maps,
                    straight_through, unflatten_channels_last)
 from .ema import EMACodebook
+from .maintenance import CodebookMaintenance, CodeUpdate, MaintenanceConfig
 
 
 class ProductEMAQuantizer(Quantizer):
     """S subspaces × one EMA codebook of K codes each; indices (B, S, H, W)."""
 
     def __init__(self, n_embed: int, embed_dim: int, num_subspaces: int, beta: float = 0.25, decay: float = 0.99,
-                 eps: float = 1e-5):
+                 eps: float = 1e-5, maintenance: MaintenanceConfig | None = None):
         super().__init__()
         if num_subspaces < 1 or embed_dim % num_subspaces:
             raise ValueError(f"embed_dim {embed_dim} must be a positive multiple of num_subspaces {num_subspaces}")
@@ -42,6 +49,27 @@ class ProductEMAQuantizer(Quantizer):
         self.sub_dim = embed_dim // num_subspaces
         self.beta = beta
         self.codebooks = nn.ModuleList(EMACodebook(n_embed, self.sub_dim, decay, eps) for _ in range(num_subspaces))
+        self.maintenance: nn.ModuleList | None
+        if maintenance is not None and maintenance.enabled:
+            self.maintenance = nn.ModuleList(CodebookMaintenance(n_embed, maintenance) for _ in range(num_subspaces))
+        else:
+            self.maintenance = None  # a plain attribute: no state-dict keys, the user's checkpoints load strictly
+
+    def in_place_parameters(self) -> list[torch.Tensor]:
+        """Parameters a training forward overwrites besides the EMA step (k-means, restarts)."""
+        return [book.weight for book in self.codebooks] if self.maintenance is not None else []
+
+    @torch.no_grad()
+    def _write_codes(self, s: int, update: CodeUpdate) -> None:
+        """Maintenance's new rows into subspace s, keeping weight = embed_avg / cluster_size (a new code stands for
+        `counts` vectors per step)."""
+        book = self.codebooks[s]
+        codes = update.codes.to(book.weight.dtype)
+        size = update.counts.to(book.cluster_size.dtype).clamp_min(1.0)
+        rows = slice(None) if update.mask is None else update.mask
+        book.weight[rows] = codes
+        book.cluster_size[rows] = size
+        book.embed_avg[rows] = codes * size[:, None]
 
     @property
     def bits_per_token(self) -> float:
@@ -57,6 +85,12 @@ class ProductEMAQuantizer(Quantizer):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z_flat = flatten_channels_last(z).float()  # (N, C)
             z_sub = z_flat.view(-1, s_count, self.sub_dim)  # (N, S, C/S): contiguous channel blocks
+            maintain = self.maintenance is not None and self.training
+            if maintain:
+                for s, m in enumerate(self.maintenance):
+                    update = m.kmeans_step(z_sub[:, s])
+                    if update is not None:
+                        self._write_codes(s, update)
             indices, codes, counts = [], [], []
             for s, book in enumerate(self.codebooks):
                 idx = nearest_code(z_sub[:, s], book.weight)  # (N,)
@@ -66,6 +100,11 @@ class ProductEMAQuantizer(Quantizer):
             q_flat = torch.cat(codes, dim=1)  # (N, C)
             if self.training:
                 self._ema_update(z_sub, indices, counts)
+            if maintain:
+                for s, m in enumerate(self.maintenance):
+                    update = m.restart_step(counts[s], z_sub[:, s])
+                    if update is not None:
+                        self._write_codes(s, update)
             loss = self.beta * torch.mean((q_flat.detach() - z_flat) ** 2)
             quantized = straight_through(q_flat, z_flat)
         quantized = unflatten_channels_last(quantized, b, h, w).to(z.dtype)
