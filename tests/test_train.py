@@ -622,24 +622,36 @@ def test_resume_from_an_older_checkpoint_does_not_duplicate_logged_rows(tmp_path
     assert [kw["id"] for kw in inits] == ["abc123", "abc123"] and inits[1]["resume"] == "allow"
 
 
+def _around_step(t, step, before, after):
+    """Wrap t.train_step: run before() when the trainer is about to do step `step` and after(result) right after it."""
+    real_step = t.train_step
+
+    def spy():
+        if t.counters.step == step:
+            before()
+        res = real_step()
+        if t.counters.step == step + 1:
+            after(res)
+        return res
+
+    t.train_step = spy
+
+
 def test_finite_loss_with_an_infinite_gradient_is_skipped(tmp_path):
     run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 4, "max_bad_steps": 2})
     t = run.trainer
     # the loss stays finite; only the gradient reaching one weight is infinite (a backward hook)
     t.raw_model.decoder.conv_out.weight.register_hook(lambda g: g * math.inf if t.counters.step == 2 else g)
     seen = {}
-    real_step = t.train_step
 
-    def spy():
-        if t.counters.step == 2:
-            seen["before"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
-        res = real_step()
-        if t.counters.step == 3:
-            seen["finite_loss"] = math.isfinite(res.terms["total_loss"])
-            seen["after"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
-        return res
+    def before():
+        seen["before"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
 
-    t.train_step = spy
+    def after(res):
+        seen["finite_loss"] = math.isfinite(res.terms["total_loss"])
+        seen["after"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
+
+    _around_step(t, 2, before, after)
     _fit(run)
     assert seen["finite_loss"]
     assert t.counters.skipped_steps == 1 and t.counters.step == 4
@@ -654,20 +666,17 @@ def test_non_finite_discriminator_gradient_skips_only_the_discriminator_step(tmp
     d_first = next(p for p in t.disc_params if p.dim() == 4)
     d_first.register_hook(lambda g: g * math.nan if t.counters.step == 2 else g)
     seen = {}
-    real_step = t.train_step
 
-    def spy():
-        if t.counters.step == 2:
-            seen["d"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
-            seen["g"] = [p.detach().clone() for p in t.gen_params]
-        res = real_step()
-        if t.counters.step == 3:
-            seen["d_after"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
-            seen["g_after"] = [p.detach().clone() for p in t.gen_params]
-            seen["stepped"] = res.disc_stepped
-        return res
+    def before():
+        seen["d"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
+        seen["g"] = [p.detach().clone() for p in t.gen_params]
 
-    t.train_step = spy
+    def after(res):
+        seen["d_after"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
+        seen["g_after"] = [p.detach().clone() for p in t.gen_params]
+        seen["stepped"] = res.disc_stepped
+
+    _around_step(t, 2, before, after)
     _fit(run)
     assert seen["stepped"] is False
     assert t.counters.disc_steps == 3 and t.counters.skipped_steps == 1
@@ -690,25 +699,22 @@ def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_ite
     t = run.trainer
     t.raw_model.decoder.conv_out.weight.register_hook(lambda g: g * math.inf if t.counters.step == 2 else g)
     seen = {}
-    real_step = t.train_step
 
-    def spy():
-        if t.counters.step == 2:
-            seen["d"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
-            seen["g"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
-            seen["opt_d"] = {i: {k: v.clone() for k, v in s.items()} for i, s in t.opt_d.state_dict()["state"].items()}
-            seen["disc_steps"] = t.counters.disc_steps
-        res = real_step()
-        if t.counters.step == 3:
-            seen["finite"], seen["stepped"] = res.finite, res.disc_stepped
-            seen["d_after"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
-            seen["g_after"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
-            seen["opt_d_after"] = {i: {k: v.clone() for k, v in s.items()}
-                                   for i, s in t.opt_d.state_dict()["state"].items()}
-            seen["disc_steps_after"] = t.counters.disc_steps
-        return res
+    def before():
+        seen["d"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
+        seen["g"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
+        seen["opt_d"] = {i: {k: v.clone() for k, v in s.items()} for i, s in t.opt_d.state_dict()["state"].items()}
+        seen["disc_steps"] = t.counters.disc_steps
 
-    t.train_step = spy
+    def after(res):
+        seen["finite"], seen["stepped"] = res.finite, res.disc_stepped
+        seen["d_after"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
+        seen["g_after"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
+        seen["opt_d_after"] = {i: {k: v.clone() for k, v in s.items()}
+                               for i, s in t.opt_d.state_dict()["state"].items()}
+        seen["disc_steps_after"] = t.counters.disc_steps
+
+    _around_step(t, 2, before, after)
     _fit(run)
     assert seen["finite"] is False and seen["stepped"] is False
     assert seen["disc_steps_after"] == seen["disc_steps"] and t.counters.skipped_steps == 1

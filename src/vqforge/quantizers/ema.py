@@ -46,6 +46,17 @@ class EMACodebook(nn.Module):
         smoothed = (self.cluster_size + self.eps) / (n + num_codes * self.eps) * n
         self.weight.copy_(self.embed_avg / smoothed.unsqueeze(1))
 
+    @torch.no_grad()
+    def write_codes(self, update: CodeUpdate) -> None:
+        """Maintenance's new rows (k-means centres, restarted codes), keeping weight == embed_avg / cluster_size up to
+        smoothing: a new code stands for `counts` vectors per step."""
+        codes = update.codes.to(self.weight.dtype)
+        size = update.counts.to(self.cluster_size.dtype).clamp_min(1.0)
+        rows = slice(None) if update.mask is None else update.mask
+        self.weight[rows] = codes
+        self.cluster_size[rows] = size
+        self.embed_avg[rows] = codes * size[:, None]
+
     def extra_repr(self) -> str:
         return f"num_codes={self.weight.shape[0]}, embed_dim={self.weight.shape[1]}, decay={self.decay}, eps={self.eps}"
 
@@ -95,16 +106,8 @@ class EMAVectorQuantizer(CodebookQuantizer):
         if self.training:
             self.ema_update(counts, code_sums(indices, z_flat, self.num_codes))
 
-    @torch.no_grad()
     def _write_codes(self, update: CodeUpdate) -> None:
-        # keep weight == embed_avg / cluster_size (up to smoothing): a new code stands for `counts` vectors per step
-        e = self.embedding
-        codes = update.codes.to(e.weight.dtype)
-        size = update.counts.to(e.cluster_size.dtype).clamp_min(1.0)
-        rows = slice(None) if update.mask is None else update.mask
-        e.weight[rows] = codes
-        e.cluster_size[rows] = size
-        e.embed_avg[rows] = codes * size[:, None]
+        self.embedding.write_codes(update)
 
     def extra_repr(self) -> str:
         return (f"n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}, "

@@ -59,17 +59,8 @@ class ProductEMAQuantizer(Quantizer):
         """Parameters a training forward overwrites besides the EMA step (k-means, restarts)."""
         return [book.weight for book in self.codebooks] if self.maintenance is not None else []
 
-    @torch.no_grad()
     def _write_codes(self, s: int, update: CodeUpdate) -> None:
-        """Maintenance's new rows into subspace s, keeping weight = embed_avg / cluster_size (a new code stands for
-        `counts` vectors per step)."""
-        book = self.codebooks[s]
-        codes = update.codes.to(book.weight.dtype)
-        size = update.counts.to(book.cluster_size.dtype).clamp_min(1.0)
-        rows = slice(None) if update.mask is None else update.mask
-        book.weight[rows] = codes
-        book.cluster_size[rows] = size
-        book.embed_avg[rows] = codes * size[:, None]
+        self.codebooks[s].write_codes(update)  # subspace s's EMA codebook
 
     @property
     def bits_per_token(self) -> float:
