@@ -428,6 +428,8 @@ def test_differences_block_lists_what_applies():
 
 def test_lr_decay_leaves_the_discriminator_alone():
     """train.disc_lr_schedule: constant (the seed format's default) keeps the discriminator at disc_lr."""
+    import types
+
     import torch
 
     from vqforge.train.trainer import LRPlan, Trainer
@@ -439,7 +441,8 @@ def test_lr_decay_leaves_the_discriminator_alone():
         parts = Parts()
         parts.opt_g = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         parts.opt_d = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        parts.lr_plan = LRPlan(2e-3, 1e-3, "exponential", 100, 0, 0.5, 10, 0.0, disc_follows_schedule=follows)
+        parts.cfg = types.SimpleNamespace(  # the TrainerConfig field _set_lr reads
+            lr_plan=LRPlan(2e-3, 1e-3, "exponential", 100, 0, 0.5, 10, 0.0, disc_follows_schedule=follows))
         assert Trainer._set_lr(parts, 35) == pytest.approx(2e-3 * 0.5**3)
         assert parts.opt_g.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.5**3)
         assert parts.opt_d.param_groups[0]["lr"] == pytest.approx(expected_d)
