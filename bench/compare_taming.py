@@ -72,6 +72,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_step import merge_dicts  # this folder is on sys.path when a bench script runs
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DEFAULT_TAMING_PYTHON = os.environ.get("VQFORGE_TAMING_PYTHON", "/work/venv-taming/bin/python")
@@ -92,15 +94,6 @@ TINY_LOSS = {"pixel_loss": "l1", "codebook_weight": 1.0, "disc_loss": "hinge", "
 # the vqforge side's configuration (the reference is built from the same resolved values)
 # ---------------------------------------------------------------------------------------------------------------
 
-def _merge(a: dict, b: dict) -> dict:
-    for k, v in b.items():
-        if isinstance(v, dict) and isinstance(a.get(k), dict):
-            _merge(a[k], v)
-        else:
-            a[k] = v
-    return a
-
-
 def case_config(case: str, overrides: dict | None = None) -> dict:
     """Native vqforge config dict for `case`, built with perceptual_weight 0 (the stand-in LPIPS goes in after)."""
     import copy
@@ -114,12 +107,12 @@ def case_config(case: str, overrides: dict | None = None) -> dict:
         from vqforge.config.readers import read_raw
 
         raw = read_raw(REPO / "configs" / "quickstart.yaml")
-    _merge(raw, {"train": {"device": "cpu", "num_steps": 10**6, "save_interval": 10**9, "validation_interval": 10**9,
+    merge_dicts(raw, {"train": {"device": "cpu", "num_steps": 10**6, "save_interval": 10**9, "validation_interval": 10**9,
                            "seed": 0, "disc_warmup_steps": 0},
                  "log": {"tensorboard": False, "progress": False, "wandb": False, "every": 10**6},
                  "loss": {"use_gan": gan, "perceptual_weight": 0.0}})
     if gan:
-        _merge(raw, {"loss": {"disc_start": 0}})
+        merge_dicts(raw, {"loss": {"disc_start": 0}})
     else:  # fields that have no effect without a discriminator would only produce a warning
         for k in ("disc_start", "disc_weight", "disc_num_layers", "disc_ndf", "disc_norm", "disc_loss", "disc_factor"):
             raw["loss"].pop(k, None)

@@ -100,10 +100,11 @@ CASES = ("ref-gan", "ref-nogan", "ref-nogan-lpips", "qs-gan", "qs-nogan", "qs-ga
 DEFAULT_CASES = ("ref-gan", "ref-nogan", "qs-gan", "qs-nogan")
 
 
-def _merge(a: dict, b: dict) -> dict:
+def merge_dicts(a: dict, b: dict) -> dict:
+    """Merge the nested dict b into a, in place (b's leaves win); returns a. Also used by compare_taming.py."""
     for k, v in b.items():
         if isinstance(v, dict) and isinstance(a.get(k), dict):
-            _merge(a[k], v)
+            merge_dicts(a[k], v)
         else:
             a[k] = v
     return a
@@ -122,11 +123,11 @@ def case_config(case: str) -> tuple[dict, bool]:
     gan = case.endswith("-gan") or case.endswith("-gan-lpips")
     lpips = case.endswith("-lpips") or case == "ref-gan"
     if gan:
-        _merge(raw, {"loss": {"use_gan": True, "disc_start": 0}, "train": {"disc_warmup_steps": 0}})
+        merge_dicts(raw, {"loss": {"use_gan": True, "disc_start": 0}, "train": {"disc_warmup_steps": 0}})
     else:
-        _merge(raw, {"loss": {"use_gan": False}})
+        merge_dicts(raw, {"loss": {"use_gan": False}})
     # built without LPIPS (its weights are not available offline); the stand-in is put in afterwards
-    _merge(raw, {"loss": {"perceptual_weight": 0.0}, "log": {"tensorboard": False, "progress": False, "wandb": False}})
+    merge_dicts(raw, {"loss": {"perceptual_weight": 0.0}, "log": {"tensorboard": False, "progress": False, "wandb": False}})
     return raw, lpips
 
 
