@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vqforge import ConfigError, build_model
-from vqforge.config.schema import (DalleVQVAEConfig, DDConfig, ModelConfig, QuantizerConfig, VQVAE2Config,
+from vqforge.config.schema import (DalleVQVAEConfig, DDConfig, ModelConfig, PatchConfig, QuantizerConfig, VQVAE2Config,
                                    VQVAE2OptVQConfig)
 from vqforge.models import registry
 
@@ -22,6 +22,14 @@ def taming(variant: str, **quantizer) -> Callable[[], ModelConfig]:
         dd = DDConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], z_channels=8, resolution=RES)
         return ModelConfig(family="taming", variant=variant, n_embed=16, embed_dim=8, ddconfig=dd,
                            quantizer=QuantizerConfig(**quantizer))
+
+    return make
+
+
+def patch(variant: str, **quantizer) -> Callable[[], ModelConfig]:
+    def make() -> ModelConfig:
+        return ModelConfig(family="patch", variant=variant, n_embed=16, embed_dim=8,
+                           patch=PatchConfig(factor=2, channels=32, num_blocks=1), quantizer=QuantizerConfig(**quantizer))
 
     return make
 
@@ -64,6 +72,10 @@ CASES: dict[str, dict[str, tuple[Callable[[], ModelConfig], bool, bool]]] = {
                                                quantize_dropout=1.0), True, True),
         "PQEMAVQ": (taming("PQEMAVQ", num_subspaces=2), True, True),
     },
+    # the patch family's gated blocks start with gate 0, so their inner weights get exactly zero gradients
+    "patch": {"VQModel": (patch("VQModel"), False, False), "residual_EMA": (patch("EMAVQ", rvq_levels=3), True, False),
+              "GumbelVQ": (patch("GumbelVQ"), False, False), "PQEMAVQ": (patch("PQEMAVQ", num_subspaces=2), True, False),
+              "fsq": (patch("VQModel", type="fsq", fsq_levels=[4, 4]), False, False)},
     "vqvae2": {"default": (vqvae2, True, False)},
     "vqvae2_optvq": {"ce": (vqvae2_optvq(), False, False),
                      "l2_argmax": (vqvae2_optvq(loss_q_type="l2", use_prob=False, use_proj=False), False, False)},

@@ -77,12 +77,12 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
         qtype = None  # reported by validation; nothing to say about effects
     flag_typed_quantizer_fields(flag, cfg, qtype)
     # taming's base model with an explicit ema / gumbel type: the type decides what applies, as that variant would
-    typed_base = m.family == "taming" and q.type is not None and m.variant == "VQModel" and qtype in ("ema", "gumbel")
+    typed_base = m.family in ("taming", "patch") and q.type is not None and m.variant == "VQModel" and qtype in ("ema", "gumbel")
     if typed_base:
         other = "EMAVQ" if qtype == "ema" else "GumbelVQ"
         flag(GUMBEL_FIELDS if qtype == "ema" else EMA_FIELDS + MAINTENANCE_FIELDS + (_Q + "beta", _Q + "legacy"),
              f"model.quantizer.type is {qtype!r} (as variant {other}), for which this setting does nothing")
-    for fam in ("vqvae2", "vqvae2_optvq", "dalle_vqvae"):
+    for fam in ("vqvae2", "vqvae2_optvq", "dalle_vqvae", "patch"):
         if m.family != fam:
             flag_section(f"model.{fam}", f"model.family is {m.family}; model.{fam} configures the {fam} family only")
     if m.family in ("vqvae2_optvq", "dalle_vqvae"):
@@ -90,7 +90,9 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
         flag(["model.n_embed", "model.embed_dim"], reason)
         flag_section("model.ddconfig", reason)
         flag_section("model.quantizer", reason)
-    elif m.family == "taming":
+    elif m.family in ("taming", "patch"):
+        if m.family == "patch":
+            flag_section("model.ddconfig", "model.family is patch; its network is configured by model.patch")
         if qtype in TYPED_QUANTIZERS or typed_base:
             pass  # flagged above
         elif m.variant == "VQModel":

@@ -13,7 +13,7 @@ from typing import Literal
 from ..errors import ConfigError
 from .parse import require
 
-Family = Literal["taming", "vqvae2", "vqvae2_optvq", "dalle_vqvae"]
+Family = Literal["taming", "patch", "vqvae2", "vqvae2_optvq", "dalle_vqvae"]
 Variant = Literal["VQModel", "EMAVQ", "GumbelVQ", "PQEMAVQ"]
 QuantizerType = Literal["vq", "ema", "gumbel", "residual", "product", "fsq", "simvq", "lfq"]
 
@@ -28,6 +28,8 @@ FAMILY_ALIASES: dict[str, Family] = {
     "emavq": "taming",
     "TamingVQModel": "taming",
     "taming_vqmodel": "taming",
+    # vqforge's own fast family: linear patch transforms with gated residual blocks (models/patch.py)
+    "patch": "patch",
     "vqvae2": "vqvae2",
     "VQVAE2": "vqvae2",
     # VQ-VAE-2 with optimal-transport (Sinkhorn) code assignment
@@ -48,7 +50,8 @@ FAMILY_ALIASES: dict[str, Family] = {
 # that registry is built); the seed readers raise a ConfigError that says so plainly for a name listed here.
 PENDING_FAMILY_ALIASES: dict[str, tuple[str, str]] = {}
 VARIANTS_BY_FAMILY: dict[str, tuple[str, ...]] = {
-    "taming": ("VQModel", "EMAVQ", "GumbelVQ", "PQEMAVQ"), "vqvae2": (), "vqvae2_optvq": (), "dalle_vqvae": (),
+    "taming": ("VQModel", "EMAVQ", "GumbelVQ", "PQEMAVQ"), "patch": ("VQModel", "EMAVQ", "GumbelVQ", "PQEMAVQ"),
+    "vqvae2": (), "vqvae2_optvq": (), "dalle_vqvae": (),
 }
 # families whose indices are one map per level (coarsest first) and whose architecture lives in model.vqvae2-like
 # sections with scaling_rates
@@ -344,6 +347,33 @@ class VQVAE2OptVQConfig(VQVAE2Config):
 
 
 @dataclass
+class PatchConfig:
+    """The patch family's network (models/patch.py): space-to-depth by `factor`, 1x1 convolutions to `channels`,
+    `num_blocks` gated residual blocks (GroupNorm-Swish, 3x3) at the token grid in the encoder and again in the
+    decoder, depth-to-space back. With num_blocks 0 the encoder and decoder are linear patch transforms."""
+
+    factor: int = 4  # downsampling factor f: one token per f x f pixel patch
+    channels: int = 128  # width of the token-grid features
+    num_blocks: int = 2  # gated residual blocks per side
+    in_channels: int = 3
+    out_channels: int = 3
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.factor
+
+    def check(self, path: str) -> None:
+        p = path or "model.patch"
+        require(self.factor >= 1, f"{p}.factor", f"must be >= 1, got {self.factor}", "use e.g. 4 or 8")
+        require(self.channels >= 32 and self.channels % 32 == 0, f"{p}.channels",
+                f"{self.channels} is not a positive multiple of 32 (the GroupNorm group count)", "use e.g. 128")
+        require(self.num_blocks >= 0, f"{p}.num_blocks", f"must be >= 0, got {self.num_blocks}", "use e.g. 2")
+        for name in ("in_channels", "out_channels"):
+            v = getattr(self, name)
+            require(v >= 1, f"{p}.{name}", f"must be >= 1, got {v}", "use 3 for RGB")
+
+
+@dataclass
 class DalleVQVAEConfig:
     """The user's single-level `VqVae` (model_type VqVae / vq_vae / vqvae): a VQGAN-style encoder and decoder
     (GroupNorm-Swish residual blocks, attention at the deepest level) around one EMA codebook.
@@ -396,6 +426,7 @@ class ModelConfig:
     vqvae2: VQVAE2Config = field(default_factory=VQVAE2Config)
     vqvae2_optvq: VQVAE2OptVQConfig = field(default_factory=VQVAE2OptVQConfig)
     dalle_vqvae: DalleVQVAEConfig = field(default_factory=DalleVQVAEConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
     init_from: str | None = None  # weights to start from: an exported dir, a vqforge checkpoint or a taming .ckpt
 
     @property
@@ -411,6 +442,8 @@ class ModelConfig:
             return self.arch.total_downsample
         if self.family == "dalle_vqvae":
             return self.dalle_vqvae.downsample_factor
+        if self.family == "patch":
+            return self.patch.factor
         return self.ddconfig.downsample_factor
 
     @property
@@ -420,6 +453,8 @@ class ModelConfig:
             return self.arch.in_channels
         if self.family == "dalle_vqvae":
             return self.dalle_vqvae.input_channels
+        if self.family == "patch":
+            return self.patch.in_channels
         return self.ddconfig.in_channels
 
     def check_resolution(self, size: int, field: str) -> None:
@@ -435,14 +470,16 @@ class ModelConfig:
         require(self.n_embed >= 2, f"{p}.n_embed", f"must be >= 2, got {self.n_embed}", "use a codebook size such as 1024")
         require(self.embed_dim >= 1, f"{p}.embed_dim", f"must be >= 1, got {self.embed_dim}", "use e.g. 256")
         allowed = VARIANTS_BY_FAMILY[self.family]
-        if self.family != "taming" and self.variant is not None:
+        if not allowed and self.variant is not None:
             raise ConfigError(
                 f"{p}.variant",
                 f"{self.variant!r} is a taming-family variant, but the model family is {self.family!r}",
                 "for a taming VQGAN set model_type to 'TamingVQGAN' (native: model.family: taming); "
                 "for VQ-VAE-2 remove model_variant",
             )
-        if self.family == "taming":
+        if self.family == "patch":
+            self.patch.check(f"{p}.patch")
+        if allowed:
             require(self.variant in allowed, f"{p}.variant", f"{self.variant!r} is not a taming variant",
                     f"use one of {list(allowed)}")
             q = self.quantizer
@@ -643,11 +680,13 @@ class Config:
 
     def check(self, path: str = "") -> None:
         self.model.check_resolution(self.data.resolution, "data.resolution")
-        out_ch = {"taming": self.model.ddconfig.out_ch, "dalle_vqvae": self.model.dalle_vqvae.input_channels}.get(
+        out_ch = {"taming": self.model.ddconfig.out_ch, "dalle_vqvae": self.model.dalle_vqvae.input_channels,
+                  "patch": self.model.patch.out_channels}.get(
             self.model.family, self.model.arch.in_channels if self.model.family in HIERARCHICAL_FAMILIES else 3)
         require(self.loss.disc_in_channels == out_ch or not self.loss.use_gan, "loss.disc_in_channels",
                 f"is {self.loss.disc_in_channels} but the model outputs {out_ch} channels",
                 "set loss.disc_in_channels to the model's output channels")
-        require(self.model.family == "taming" or self.model.quantizer.rvq_levels == 1, "model.quantizer.rvq_levels",
-                "residual quantization is a taming-family option; VQ-VAE-2 has one codebook per level",
-                "remove rvq_levels, or use model.family: taming")
+        require(self.model.family in ("taming", "patch") or self.model.quantizer.rvq_levels == 1,
+                "model.quantizer.rvq_levels",
+                "residual quantization is a taming- and patch-family option; VQ-VAE-2 has one codebook per level",
+                "remove rvq_levels, or use model.family: taming or patch")

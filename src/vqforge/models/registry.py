@@ -29,7 +29,7 @@ def register_model(name: str, aliases: tuple[str, ...] = ()):
 
 def _ensure_loaded() -> None:
     # importing the family modules runs their @register_model decorators
-    from . import dalle_vqvae, taming, vqvae2, vqvae2_optvq  # noqa: F401
+    from . import dalle_vqvae, patch, taming, vqvae2, vqvae2_optvq  # noqa: F401
 
 
 def registered() -> list[str]:

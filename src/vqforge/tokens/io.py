@@ -40,7 +40,8 @@ def architecture_hash(cfg: Config) -> str:
     elif m.family == "dalle_vqvae":
         fields["dalle_vqvae"] = to_dict(m.dalle_vqvae)
     else:
-        fields.update(n_embed=m.n_embed, embed_dim=m.embed_dim, ddconfig=to_dict(m.ddconfig),
+        net = {"patch": to_dict(m.patch)} if m.family == "patch" else {"ddconfig": to_dict(m.ddconfig)}
+        fields.update(n_embed=m.n_embed, embed_dim=m.embed_dim, **net,
                       rvq_levels=m.quantizer.rvq_levels, shared_codebook=m.quantizer.shared_codebook)
         if m.variant == "PQEMAVQ":
             fields["num_subspaces"] = m.quantizer.num_subspaces
