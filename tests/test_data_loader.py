@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vqforge.config.schema import DataConfig
+from vqforge.errors import ConfigError
 from vqforge.data import (
     SAMPLE_PHOTO_ATTRIBUTION,
     SAMPLE_PHOTOS_TRAIN,
@@ -244,3 +245,31 @@ def test_validation_alone_needs_no_training_data(image_dir):
     assert _ids(batch) == list(range(N_IMAGES))
     with pytest.raises(ConfigError, match="data.train"):
         build_train_stream(DataConfig(val=[str(image_dir)], resolution=16), seed=0)
+
+
+def test_sample_photos_subset_is_what_training_sees():
+    """data.sample_photos picks the training photos; the stream draws from those and no others."""
+    import skimage.data as skd
+
+    names = ["astronaut", "retina"]
+    train, val = sample_photo_split(names)
+    assert len(train) == 2 and np.array_equal(train[0], skd.astronaut()) and len(val) == 8
+    cfg = DataConfig(source="sample_photos", sample_photos=names, resolution=32, resize=32, random_crop=False,
+                     batch_size=4, shuffle=False)
+    batch = next(iter(build_train_stream(cfg, seed=0)))
+    # every sample is the centre crop of one of the two photos resized to 32: compare against both
+    full = DataConfig(source="sample_photos", resolution=32, resize=32, random_crop=False, batch_size=10,
+                      shuffle=False)
+    every = next(iter(build_train_stream(full, seed=0)))  # all 10 training photos, in list order
+    picks = [SAMPLE_PHOTOS_TRAIN.index(n) for n in names]
+    for s in batch:
+        assert any(torch.equal(s, every[i]) for i in picks)
+        assert not any(torch.equal(s, every[i]) for i in range(10) if i not in picks)
+
+
+@pytest.mark.parametrize("names,fragment", [(["coffee"], "held-out"), (["lena"], "unknown"), ([], "is empty"),
+                                            (["rocket", "rocket"], "twice")])
+def test_bad_sample_photos_are_config_errors(names, fragment):
+    with pytest.raises(ConfigError) as e:
+        DataConfig(source="sample_photos", sample_photos=names).check("data")
+    assert "data.sample_photos" in str(e.value) and fragment in str(e.value)

@@ -135,8 +135,10 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
 
     if data.source == "sample_photos":
         flag(["data.train", "data.val"], "data.source is sample_photos, which brings its own train/val split")
-    elif not data.val:
-        flag(VALIDATION_FIELDS, "data.val is empty, so there is no validation")
+    else:
+        flag(["data.sample_photos"], "data.source is not sample_photos")
+        if not data.val:
+            flag(VALIDATION_FIELDS, "data.val is empty, so there is no validation")
     if data.sequence_length == 1 or data.use_images:
         flag(["data.frame_stride"], "frame_stride applies to video clips of more than one frame")
     if not cfg.log.wandb:

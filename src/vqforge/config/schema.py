@@ -531,6 +531,8 @@ class LossConfig:
 @dataclass
 class DataConfig:
     source: Literal["files", "sample_photos"] = "files"  # sample_photos: scikit-image's bundled photos
+    # source sample_photos: the training photos by name (a subset of the 10 training photos); null = all of them
+    sample_photos: list[str] | None = None
     train: list[str] = field(default_factory=list)  # files, directories (recursive) or glob patterns
     val: list[str] = field(default_factory=list)
     use_images: bool = False  # group random images into pseudo-videos of sequence_length frames
@@ -565,6 +567,19 @@ class DataConfig:
             require(rr[0] >= self.resolution, f"{p}.resize_range",
                     f"lo {rr[0]} is smaller than the crop size {self.resolution}", "use lo >= resolution")
             require(rr[1] >= rr[0], f"{p}.resize_range", f"hi {rr[1]} is smaller than lo {rr[0]}", "use [lo, hi] with lo <= hi")
+        if self.sample_photos is not None:
+            from ..data.samples import SAMPLE_PHOTOS_TRAIN, SAMPLE_PHOTOS_VAL
+
+            names = self.sample_photos
+            held_out = [n for n in names if n in SAMPLE_PHOTOS_VAL]
+            require(not held_out, f"{p}.sample_photos", f"{held_out} are the held-out validation photos",
+                    f"train on photos among {list(SAMPLE_PHOTOS_TRAIN)}")
+            unknown = [n for n in names if n not in SAMPLE_PHOTOS_TRAIN]
+            require(bool(names) and not unknown, f"{p}.sample_photos",
+                    f"unknown photos {unknown}" if unknown else "is empty",
+                    f"list photos among {list(SAMPLE_PHOTOS_TRAIN)}, or null for all of them")
+            require(len(set(names)) == len(names), f"{p}.sample_photos", f"names a photo twice: {names}",
+                    "list each photo once")
         require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1", "use e.g. 4")
         require(self.val_batch_size is None or self.val_batch_size >= 1, f"{p}.val_batch_size", "must be >= 1", "use null")
         require(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0", "use 0 to load in the main process")

@@ -83,9 +83,11 @@ def sample_photo_val_names() -> list[str]:
     return [f"{n} tile {i + 1}/{k}" for n in SAMPLE_PHOTOS_VAL for i in range(k)]
 
 
-def sample_photo_split() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(train_images, val_images): uint8 (H, W, 3) arrays (read-only): the 10 training photos, and the 2 held-out
-    photos cut into VAL_TILES x VAL_TILES tiles each (8 validation images)."""
+def sample_photo_split(train_names: list[str] | tuple[str, ...] | None = None
+                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(train_images, val_images): uint8 (H, W, 3) arrays (read-only): the training photos `train_names` (default
+    all 10; `data.sample_photos`), and the 2 held-out photos cut into VAL_TILES x VAL_TILES tiles each (8 validation
+    images)."""
     photos = _load()
     val = [t for n in SAMPLE_PHOTOS_VAL for t in _tiles(photos[n], VAL_TILES)]
-    return [photos[n] for n in SAMPLE_PHOTOS_TRAIN], val
+    return [photos[n] for n in (train_names or SAMPLE_PHOTOS_TRAIN)], val
