@@ -398,6 +398,38 @@ def test_nan_mid_kmeans_collection_restores_the_collected_batches(tmp_path, monk
     run.logger.close()
 
 
+@pytest.mark.parametrize("quantizer", [
+    {"kmeans_init": True, "kmeans_iters": 2, "kmeans_batches": 3},  # one codebook, checkpoint after 2 of 3 batches
+    # per-level codebooks initialise in order: at the checkpoint level 0 is done and level 1 holds 1 of 2 batches
+    {"kmeans_init": True, "kmeans_iters": 2, "kmeans_batches": 2, "rvq_levels": 2, "shared_codebook": False},
+], ids=["single", "residual_levels"])
+def test_resume_during_kmeans_collection_is_bitwise(tmp_path, quantizer):
+    common = dict(model={"quantizer": quantizer}, loss={"use_gan": False},
+                  train={"save_interval": 100, "validation_interval": 100})
+    straight = _run(tmp_path, "straight", **{**common, "train": {**common["train"], "num_steps": 5}})
+    _fit(straight)
+    first = _run(tmp_path, "split", **{**common, "train": {**common["train"], "num_steps": 2}})
+    _fit(first)
+    maint = [m for m in first.trainer.raw_model.modules() if type(m).__name__ == "CodebookMaintenance"]
+    assert maint and not bool(maint[-1].kmeans_done) and maint[-1]._collected  # saved during a collection
+    saved = json.loads((tmp_path / "split" / "checkpoints" / "step_00000002" / "training_state.json").read_text())
+    assert saved["kmeans"]  # the collected batches are in the checkpoint, outside the model's keys
+    assert not any("collect" in k for k in load_file(tmp_path / "split" / "checkpoints" / "step_00000002" /
+                                                        "model.safetensors"))
+    second = _run(tmp_path, "split", resume=str(tmp_path / "split"),
+                  **{**common, "train": {**common["train"], "num_steps": 5}})
+    _fit(second)
+    a, b = _weights(straight), _weights(second)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert all(bool(m.kmeans_done) for m in second.trainer.raw_model.modules()
+               if type(m).__name__ == "CodebookMaintenance")
+    # after k-means ran the part is empty again: later checkpoints carry no k-means entry
+    final = json.loads((tmp_path / "split" / "checkpoints" / "step_00000005" / "training_state.json").read_text())
+    assert final["kmeans"] is None
+
+
 @pytest.mark.parametrize("disc_norm", ["act", "batch"])
 def test_nan_reconstruction_at_the_first_adversarial_step_leaves_the_discriminator_untouched(
         tmp_path, monkeypatch, disc_norm):

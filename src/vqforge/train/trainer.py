@@ -28,8 +28,8 @@ from ..models.output import TokenizerOutput
 from .checkpoint import Checkpointer
 from .ema import WeightEMA
 from .logger import RunLogger, Throughput
-from .parts import (Counters, LastValidation, OptimizerState, PerRankRNG, RNGState, Stateful, WeightEMAState,
-                    load_parts, save_parts)
+from .parts import (Counters, KMeansCollection, LastValidation, OptimizerState, PerRankRNG, RNGState, Stateful,
+                    WeightEMAState, load_parts, save_parts)
 from .schedules import lr_factor
 from .snapshot import StepSnapshot
 from .speed import DevicePrefetcher
@@ -228,6 +228,7 @@ class Trainer:
         disc = _unwrap(self.discriminator)
         return {
             "model": self.raw_model,
+            "kmeans": KMeansCollection(self.raw_model),  # after the model, whose loading empties the collections
             "model_ema": WeightEMAState(self.ema, self.raw_model) if self.ema is not None else None,
             "discriminator": disc,
             "counters": self.counters,
