@@ -119,7 +119,9 @@ def test_resume_with_another_architecture_is_an_error(tmp_path):
         _run(tmp_path, "other", resume=str(tmp_path / "run"), model={"n_embed": 64})
 
 
-def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+# every: the host learns of skips at each log interval (1: every step) and at each save, whichever comes first
+@pytest.mark.parametrize("log_every", [1, 5])
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch, log_every):
     real = objective_mod.VQGANObjective.generator_loss
     bad_steps = {2}
 
@@ -130,7 +132,8 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
         return res
 
     monkeypatch.setattr(objective_mod.VQGANObjective, "generator_loss", flaky)
-    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 4, "max_bad_steps": 2, "save_interval": 1})
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 4, "max_bad_steps": 2, "save_interval": 1},
+               log={"every": log_every})
     codebook_before = {}
 
     orig_step = run.trainer.train_step
@@ -152,7 +155,8 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     assert "w" in codebook_before
 
     bad_steps.update(range(3, 100))
-    run = _run(tmp_path, "stops", loss={"use_gan": False}, train={"num_steps": 10, "max_bad_steps": 2, "save_interval": 1})
+    run = _run(tmp_path, "stops", loss={"use_gan": False}, train={"num_steps": 10, "max_bad_steps": 2, "save_interval": 1},
+               log={"every": log_every})
     with pytest.raises(TrainingError, match="non-finite steps in a row"):
         _fit(run)
     ckdir = tmp_path / "stops" / "checkpoints"
@@ -163,6 +167,18 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     assert (ckdir / "latest").read_text().strip() == "step_00000003"
     weights = load_file(str(ckdir / "step_00000003" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
+    assert "1 step(s) skipped for a non-finite loss or gradient, the last at step 3" in \
+        (tmp_path / "stops" / "train.log").read_text()
+
+
+def test_without_saves_the_stop_comes_at_the_log_interval_that_sees_the_bad_run(tmp_path, monkeypatch):
+    _nan_generator_loss(monkeypatch, set(range(1, 100)))
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 20, "max_bad_steps": 2, "save_interval": 100,
+                                                         "validation_interval": 100}, log={"every": 4})
+    with pytest.raises(TrainingError, match=r"3 non-finite steps in a row \(the last at step 3\)"):
+        _fit(run)
+    c = run.trainer.counters
+    assert c.step == 4 and c.skipped_steps == 3 and c.bad_in_a_row == 3
 
 
 def test_lr_schedules():
@@ -239,9 +255,9 @@ def test_weight_ema_follows_the_formula_for_every_tensor(tmp_path):
     shadows = []
     real_update = t.ema.update
 
-    def spy(model, step):
+    def spy(model, step, applied=None):
         before = {k: v.clone() for k, v in t.ema.state_dict().items()}
-        real_update(model, step)
+        real_update(model, step, applied)
         shadows.append((before, {k: v.clone() for k, v in model.state_dict().items()},
                         {k: v.clone() for k, v in t.ema.state_dict().items()}))
 
@@ -723,11 +739,14 @@ def test_non_finite_discriminator_gradient_skips_only_the_discriminator_step(tmp
     assert "non-finite discriminator loss or gradient; discriminator step skipped" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_iteration(tmp_path):
+# fused: the decision stays on the device (found_inf, masked restore); foreach: the step reads it back
+@pytest.mark.parametrize("fused", [None, False], ids=["fused_on_device", "foreach_host_decision"])
+def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_iteration(tmp_path, fused):
     """Both backward passes run before the one finite decision; a non-finite generator step skips the
     discriminator step too, and everything either forward wrote (BatchNorm statistics of the discriminator) and the
     discriminator's optimizer state are as before the iteration."""
-    run = _run(tmp_path, loss={"use_gan": True, "disc_start": 0}, train={"num_steps": 4, "disc_update_every": 1})
+    run = _run(tmp_path, loss={"use_gan": True, "disc_start": 0}, train={"num_steps": 4, "disc_update_every": 1,
+                                                                         "fused_optimizer": fused})
     t = run.trainer
     t.raw_model.decoder.conv_out.weight.register_hook(lambda g: g * math.inf if t.counters.step == 2 else g)
     seen = {}
