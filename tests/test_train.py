@@ -746,7 +746,7 @@ def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_ite
     discriminator step too, and everything either forward wrote (BatchNorm statistics of the discriminator) and the
     discriminator's optimizer state are as before the iteration."""
     run = _run(tmp_path, loss={"use_gan": True, "disc_start": 0}, train={"num_steps": 4, "disc_update_every": 1,
-                                                                         "fused_optimizer": fused})
+                                                                         "fused_optimizer": fused, "ema_decay": 0.9})
     t = run.trainer
     t.raw_model.decoder.conv_out.weight.register_hook(lambda g: g * math.inf if t.counters.step == 2 else g)
     seen = {}
@@ -755,6 +755,8 @@ def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_ite
         seen["d"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
         seen["g"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
         seen["opt_d"] = {i: {k: v.clone() for k, v in s.items()} for i, s in t.opt_d.state_dict()["state"].items()}
+        seen["opt_g"] = {i: {k: v.clone() for k, v in s.items()} for i, s in t.opt_g.state_dict()["state"].items()}
+        seen["ema"] = {k: v.clone() for k, v in t.ema.state_dict().items()}
         seen["disc_steps"] = t.counters.disc_steps
 
     def after(res):
@@ -763,11 +765,18 @@ def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_ite
         seen["g_after"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
         seen["opt_d_after"] = {i: {k: v.clone() for k, v in s.items()}
                                for i, s in t.opt_d.state_dict()["state"].items()}
+        seen["opt_g_after"] = {i: {k: v.clone() for k, v in s.items()}
+                               for i, s in t.opt_g.state_dict()["state"].items()}
+        seen["ema_after"] = {k: v.clone() for k, v in t.ema.state_dict().items()}
         seen["disc_steps_after"] = t.counters.disc_steps
 
     _around_step(t, 2, before, after)
     _fit(run)
     assert seen["finite"] is False and seen["stepped"] is False
+    # the weight EMA and both optimizers' moments and step counts are as before the skipped iteration
+    assert [k for k in seen["ema"] if not torch.equal(seen["ema"][k], seen["ema_after"][k])] == []
+    for i, s in seen["opt_g"].items():
+        assert all(torch.equal(v, seen["opt_g_after"][i][k]) for k, v in s.items()), i
     assert seen["disc_steps_after"] == seen["disc_steps"] and t.counters.skipped_steps == 1
     assert any("running_mean" in k for k in seen["d"])  # BatchNorm statistics are among what is compared
     changed = [k for k in seen["d"] if not torch.equal(seen["d"][k], seen["d_after"][k])]
