@@ -186,12 +186,13 @@ def _count_host_reads(monkeypatch) -> list[str]:
     return reads
 
 
-def test_a_step_reads_nothing_back_and_a_log_interval_reads_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", ["VQModel", "EMAVQ"])
+def test_a_step_reads_nothing_back_and_a_log_interval_reads_once(tmp_path, monkeypatch, variant):
     """Loss terms, codebook statistics, gradient norms and the finite decision stay on the device: a step reads
     nothing back (fused Adam skips through found_inf, the snapshot and the weight EMA are masked on the device), with
     gradient accumulation, with and without a discriminator step. A log interval reads its means and the skip tally
     once."""
-    run = _run(tmp_path, model={"variant": "VQModel"}, loss={"disc_start": 0},
+    run = _run(tmp_path, model={"variant": variant}, loss={"disc_start": 0},
                train={"num_steps": 6, "ema_decay": 0.9, "grad_accum_steps": 2, "disc_update_every": 2,
                       "validation_interval": 1000, "save_interval": 1000}, log={"every": 5, "image_every": 1000})
     t = run.trainer
