@@ -57,9 +57,10 @@ class WeightEMA:
             if applied is None:
                 torch._foreach_lerp_(avg_s, [t.detach() for t in avg_m], weight)
             else:
-                # a 0-dim tensor where torch wants a Scalar would be read to the host; one broadcast view per tensor
+                # a 0-dim tensor where torch wants a Scalar would be read to the host: the tensor-weights overload,
+                # the same 0-dim weight (broadcast) for every tensor; equal bit for bit to the Scalar one
                 w = torch.where(applied, weight, 0.0).to(avg_s[0].dtype)
-                torch._foreach_lerp_(avg_s, [t.detach() for t in avg_m], [w.expand_as(t) for t in avg_s])
+                torch._foreach_lerp_(avg_s, [t.detach() for t in avg_m], [w] * len(avg_s))
         if cp_s:
             torch._foreach_copy_(cp_s, cp_m)
 
