@@ -345,7 +345,10 @@ class Trainer:
         self.raw_model.set_step(step)
         lr = self._set_lr(step)
         # in-place state that a non-finite step must not corrupt (EMA codebooks, k-means, BatchNorm running stats,
-        # ActNorm): the generator step runs the discriminator in train mode, so its state is saved too
+        # ActNorm): the generator step runs the discriminator in train mode, so its state is saved too. Its weights
+        # count as trainable here (the previous step may have left them frozen): only its optimizer changes them
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(True)
         snapshot = StepSnapshot(self.model, _unwrap(self.discriminator))
         self.opt_g.zero_grad(set_to_none=True)
         if self.discriminator is not None:
