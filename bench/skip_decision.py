@@ -49,21 +49,24 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fixed-batch", action="store_true")
     args = ap.parse_args()
-    ratios: dict[str, list[float]] = {c: [] for c in args.cases}
+    ratios: dict[str, dict[str, list[float]]] = {c: {"wall": [], "cpu": [], "min": []} for c in args.cases}
     for r in range(args.rounds):
         for case in args.cases:
             pair = {}
             order = ("before", "after") if r % 2 == 0 else ("after", "before")
             for side in order:
                 res = run_child(getattr(args, side), case, args)
-                pair[side] = res["step_s_median"]
-                print(f"round {r + 1} {case:<10} {side:<6} median {res['step_s_median']:.3f} s/step "
-                      f"(load {res.get('load_before', float('nan')):.1f} -> {res.get('load_after', float('nan')):.1f})",
-                      flush=True)
-            ratios[case].append(pair["after"] / pair["before"])
+                pair[side] = res
+                print(f"round {r + 1} {case:<10} {side:<6} wall median {res['step_s_median']:.3f} s/step "
+                      f"(min {res['step_s_min']:.3f}), process CPU median {res['cpu_s_median']:.3f} s/step, "
+                      f"tensor peak {res['tensor_peak_mib']:.0f} MiB, load {res['load_before']:.1f} -> "
+                      f"{res['load_after']:.1f}", flush=True)
+            for key, field in (("wall", "step_s_median"), ("cpu", "cpu_s_median"), ("min", "step_s_min")):
+                ratios[case][key].append(pair["after"][field] / pair["before"][field])
     for case, rs in ratios.items():
-        print(f"{case}: after/before median {statistics.median(rs):.3f} over {len(rs)} rounds "
-              f"({', '.join(f'{x:.3f}' for x in rs)})")
+        print(f"{case}: after/before over {args.rounds} rounds, median of the paired ratios: "
+              + "; ".join(f"{k} {statistics.median(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})"
+                          for k, v in rs.items()))
     return 0
 
 
