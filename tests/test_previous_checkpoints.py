@@ -367,3 +367,38 @@ def test_model_init_from_takes_previous_system_files(tmp_path):
     taming = registry.build(tiny_config().model)
     load_weights(taming, later)
     assert torch.equal(taming.state_dict()["encoder.conv_in.weight"], ck["model"]["_model.encoder.conv_in.weight"])
+
+
+# ---- the resume goes through the trainer's parts -----------------------------------------------------------------
+def test_previous_resume_fills_the_trainer_parts_and_reports_a_new_part_by_itself(tmp_path, monkeypatch):
+    """Optimizer moments load through the optimizer part (which gives them the parameters' memory layout, as the
+    fused kernels need), and a part the previous system's file cannot fill is reported as starting fresh without
+    any change to the previous-system code."""
+    from vqforge.train.trainer import Trainer
+
+    class Tally:
+        optional = True
+
+        def __init__(self):
+            self.loaded = "not called"
+
+        def state_dict(self):
+            return None
+
+        def load_state_dict(self, state):
+            self.loaded = state
+
+    tally = Tally()
+    real_parts = Trainer.parts
+    monkeypatch.setattr(Trainer, "parts", lambda self: {**real_parts(self), "tally": tally})
+    path, _ = taming_file(tmp_path)
+    run = build(taming_cfg(train={"channels_last": True}), tmp_path / "run", path)
+    run.logger.close()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "starts fresh: tally: the previous system's file records none; it starts as built" in log
+    assert tally.loaded is None  # an optional part is told to start fresh
+    opt = run.trainer.opt_g
+    w = run.trainer.raw_model.decoder.conv_out.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and opt.state[w]
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert opt.state[w][k].stride() == w.stride(), k

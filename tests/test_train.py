@@ -119,7 +119,9 @@ def test_resume_with_another_architecture_is_an_error(tmp_path):
         _run(tmp_path, "other", resume=str(tmp_path / "run"), model={"n_embed": 64})
 
 
-def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
+# every: the host learns of skips at each log interval (1: every step) and at each save, whichever comes first
+@pytest.mark.parametrize("log_every", [1, 5])
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch, log_every):
     real = objective_mod.VQGANObjective.generator_loss
     bad_steps = {2}
 
@@ -130,7 +132,8 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
         return res
 
     monkeypatch.setattr(objective_mod.VQGANObjective, "generator_loss", flaky)
-    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 4, "max_bad_steps": 2, "save_interval": 1})
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 4, "max_bad_steps": 2, "save_interval": 1},
+               log={"every": log_every})
     codebook_before = {}
 
     orig_step = run.trainer.train_step
@@ -152,7 +155,8 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     assert "w" in codebook_before
 
     bad_steps.update(range(3, 100))
-    run = _run(tmp_path, "stops", loss={"use_gan": False}, train={"num_steps": 10, "max_bad_steps": 2, "save_interval": 1})
+    run = _run(tmp_path, "stops", loss={"use_gan": False}, train={"num_steps": 10, "max_bad_steps": 2, "save_interval": 1},
+               log={"every": log_every})
     with pytest.raises(TrainingError, match="non-finite steps in a row"):
         _fit(run)
     ckdir = tmp_path / "stops" / "checkpoints"
@@ -163,6 +167,18 @@ def test_non_finite_steps_are_skipped_then_stop(tmp_path, monkeypatch):
     assert (ckdir / "latest").read_text().strip() == "step_00000003"
     weights = load_file(str(ckdir / "step_00000003" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
+    assert "1 step(s) skipped for a non-finite loss or gradient, the last at step 3" in \
+        (tmp_path / "stops" / "train.log").read_text()
+
+
+def test_without_saves_the_stop_comes_at_the_log_interval_that_sees_the_bad_run(tmp_path, monkeypatch):
+    _nan_generator_loss(monkeypatch, set(range(1, 100)))
+    run = _run(tmp_path, loss={"use_gan": False}, train={"num_steps": 20, "max_bad_steps": 2, "save_interval": 100,
+                                                         "validation_interval": 100}, log={"every": 4})
+    with pytest.raises(TrainingError, match=r"3 non-finite steps in a row \(the last at step 3\)"):
+        _fit(run)
+    c = run.trainer.counters
+    assert c.step == 4 and c.skipped_steps == 3 and c.bad_in_a_row == 3
 
 
 def test_lr_schedules():
@@ -239,9 +255,9 @@ def test_weight_ema_follows_the_formula_for_every_tensor(tmp_path):
     shadows = []
     real_update = t.ema.update
 
-    def spy(model, step):
+    def spy(model, step, applied=None):
         before = {k: v.clone() for k, v in t.ema.state_dict().items()}
-        real_update(model, step)
+        real_update(model, step, applied)
         shadows.append((before, {k: v.clone() for k, v in model.state_dict().items()},
                         {k: v.clone() for k, v in t.ema.state_dict().items()}))
 
@@ -396,6 +412,38 @@ def test_nan_mid_kmeans_collection_restores_the_collected_batches(tmp_path, monk
     t.train_step()  # skipped: its (non-finite step's) batch is not kept for k-means
     assert len(m._collected) == 1 and t.counters.skipped_steps == 1
     run.logger.close()
+
+
+@pytest.mark.parametrize("quantizer", [
+    {"kmeans_init": True, "kmeans_iters": 2, "kmeans_batches": 3},  # one codebook, checkpoint after 2 of 3 batches
+    # per-level codebooks initialise in order: at the checkpoint level 0 is done and level 1 holds 1 of 2 batches
+    {"kmeans_init": True, "kmeans_iters": 2, "kmeans_batches": 2, "rvq_levels": 2, "shared_codebook": False},
+], ids=["single", "residual_levels"])
+def test_resume_during_kmeans_collection_is_bitwise(tmp_path, quantizer):
+    common = dict(model={"quantizer": quantizer}, loss={"use_gan": False},
+                  train={"save_interval": 100, "validation_interval": 100})
+    straight = _run(tmp_path, "straight", **{**common, "train": {**common["train"], "num_steps": 5}})
+    _fit(straight)
+    first = _run(tmp_path, "split", **{**common, "train": {**common["train"], "num_steps": 2}})
+    _fit(first)
+    maint = [m for m in first.trainer.raw_model.modules() if type(m).__name__ == "CodebookMaintenance"]
+    assert maint and not bool(maint[-1].kmeans_done) and maint[-1]._collected  # saved during a collection
+    saved = json.loads((tmp_path / "split" / "checkpoints" / "step_00000002" / "training_state.json").read_text())
+    assert saved["kmeans"]  # the collected batches are in the checkpoint, outside the model's keys
+    assert not any("collect" in k for k in load_file(tmp_path / "split" / "checkpoints" / "step_00000002" /
+                                                        "model.safetensors"))
+    second = _run(tmp_path, "split", resume=str(tmp_path / "split"),
+                  **{**common, "train": {**common["train"], "num_steps": 5}})
+    _fit(second)
+    a, b = _weights(straight), _weights(second)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert all(bool(m.kmeans_done) for m in second.trainer.raw_model.modules()
+               if type(m).__name__ == "CodebookMaintenance")
+    # after k-means ran the part is empty again: later checkpoints carry no k-means entry
+    final = json.loads((tmp_path / "split" / "checkpoints" / "step_00000005" / "training_state.json").read_text())
+    assert final["kmeans"] is None
 
 
 @pytest.mark.parametrize("disc_norm", ["act", "batch"])
@@ -691,11 +739,14 @@ def test_non_finite_discriminator_gradient_skips_only_the_discriminator_step(tmp
     assert "non-finite discriminator loss or gradient; discriminator step skipped" in (tmp_path / "run" / "train.log").read_text()
 
 
-def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_iteration(tmp_path):
+# fused: the decision stays on the device (found_inf, masked restore); foreach: the step reads it back
+@pytest.mark.parametrize("fused", [None, False], ids=["fused_on_device", "foreach_host_decision"])
+def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_iteration(tmp_path, fused):
     """Both backward passes run before the one finite decision; a non-finite generator step skips the
     discriminator step too, and everything either forward wrote (BatchNorm statistics of the discriminator) and the
     discriminator's optimizer state are as before the iteration."""
-    run = _run(tmp_path, loss={"use_gan": True, "disc_start": 0}, train={"num_steps": 4, "disc_update_every": 1})
+    run = _run(tmp_path, loss={"use_gan": True, "disc_start": 0}, train={"num_steps": 4, "disc_update_every": 1,
+                                                                         "fused_optimizer": fused, "ema_decay": 0.9})
     t = run.trainer
     t.raw_model.decoder.conv_out.weight.register_hook(lambda g: g * math.inf if t.counters.step == 2 else g)
     seen = {}
@@ -704,6 +755,8 @@ def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_ite
         seen["d"] = {k: v.clone() for k, v in t.discriminator.state_dict().items()}
         seen["g"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
         seen["opt_d"] = {i: {k: v.clone() for k, v in s.items()} for i, s in t.opt_d.state_dict()["state"].items()}
+        seen["opt_g"] = {i: {k: v.clone() for k, v in s.items()} for i, s in t.opt_g.state_dict()["state"].items()}
+        seen["ema"] = {k: v.clone() for k, v in t.ema.state_dict().items()}
         seen["disc_steps"] = t.counters.disc_steps
 
     def after(res):
@@ -712,11 +765,18 @@ def test_non_finite_generator_step_also_undoes_the_discriminator_step_of_its_ite
         seen["g_after"] = {k: v.clone() for k, v in t.raw_model.state_dict().items()}
         seen["opt_d_after"] = {i: {k: v.clone() for k, v in s.items()}
                                for i, s in t.opt_d.state_dict()["state"].items()}
+        seen["opt_g_after"] = {i: {k: v.clone() for k, v in s.items()}
+                               for i, s in t.opt_g.state_dict()["state"].items()}
+        seen["ema_after"] = {k: v.clone() for k, v in t.ema.state_dict().items()}
         seen["disc_steps_after"] = t.counters.disc_steps
 
     _around_step(t, 2, before, after)
     _fit(run)
     assert seen["finite"] is False and seen["stepped"] is False
+    # the weight EMA and both optimizers' moments and step counts are as before the skipped iteration
+    assert [k for k in seen["ema"] if not torch.equal(seen["ema"][k], seen["ema_after"][k])] == []
+    for i, s in seen["opt_g"].items():
+        assert all(torch.equal(v, seen["opt_g_after"][i][k]) for k, v in s.items()), i
     assert seen["disc_steps_after"] == seen["disc_steps"] and t.counters.skipped_steps == 1
     assert any("running_mean" in k for k in seen["d"])  # BatchNorm statistics are among what is compared
     changed = [k for k in seen["d"] if not torch.equal(seen["d"][k], seen["d_after"][k])]

@@ -35,7 +35,8 @@ def test_parts_are_the_checkpoint_layout(tmp_path):
                                                 "discriminator.safetensors", "training_state.json",
                                                 "training_state.safetensors"}
     state = json.loads((ckpt / "training_state.json").read_text())
-    assert list(state) == ["counters", "opt_g", "opt_d", "rng", "rng_per_rank", "data", "last_val"]
+    assert list(state) == ["kmeans", "counters", "opt_g", "opt_d", "rng", "rng_per_rank", "data", "last_val"]
+    assert state["kmeans"] is None  # no k-means collection under way (none configured)
     assert state["rng_per_rank"] is None  # one process: the "rng" entry is this rank's
     assert state["counters"] == {"step": 2, "disc_steps": 2, "skipped_steps": 0, "bad_in_a_row": 0}
     loaded = load_checkpoint(ckpt)["state"]
@@ -127,3 +128,17 @@ def test_a_run_directory_resolves_to_its_checkpoint_by_the_one_rule(tmp_path):
     (ckpts / "step_00000004" / "training_state.json").unlink()
     with pytest.raises(CheckpointError, match="no training_state.json"):
         resolve_checkpoint(tmp_path / "run")
+
+
+def test_kmeans_batches_for_a_codebook_the_model_lacks_are_refused():
+    from vqforge.quantizers import EMAVectorQuantizer
+    from vqforge.quantizers.maintenance import MaintenanceConfig
+    from vqforge.train.parts import KMeansCollection
+
+    q = EMAVectorQuantizer(8, 2, maintenance=MaintenanceConfig(kmeans_init=True, kmeans_batches=3))
+    part = KMeansCollection(q)
+    assert part.state_dict() is None  # nothing collected yet: no entry
+    part.load_state_dict({"maintenance": [torch.ones(5, 2)]})
+    assert part.state_dict()["maintenance"][0].shape == (5, 2)
+    with pytest.raises(CheckpointError, match="k-means batches for levels.1.maintenance"):
+        part.load_state_dict({"levels.1.maintenance": [torch.ones(5, 2)]})

@@ -148,6 +148,16 @@ def all_true_each(flags: torch.Tensor) -> list[bool]:
     return [v == 0 for v in bad.tolist()]
 
 
+def all_true_on_device(flags: torch.Tensor) -> torch.Tensor:
+    """For each entry of the bool tensor `flags`: true when it is true on every rank, as a bool tensor on the flags'
+    device (one all-reduce, no read to the host)."""
+    if not is_initialized():
+        return flags.bool()
+    bad = (~flags.bool()).to(device=_comm_device(flags.device), dtype=torch.int32)
+    dist.all_reduce(bad, op=dist.ReduceOp.SUM)
+    return (bad == 0).to(flags.device)
+
+
 def all_reduce_mean_dict(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
     """The mean over ranks of each value (every rank passes the same keys). One all-reduce for the whole dict."""
     if not is_initialized() or not values:

@@ -194,9 +194,10 @@ class FlatQuantized:
 class CodebookQuantizer(Quantizer):
     """Base of quantizers that pick the nearest row of a (K, C) codebook.
 
-    Subclasses provide `codebook`, `_level_loss`, `_write_codes` and (EMA) their update inside `quantize_flat`.
+    Subclasses provide `embedding` (whose `weight` is the codebook), `_write_codes`, and their loss (`_level_loss`,
+    the commitment term by default) and (EMA) their update inside `quantize_flat`.
 
-    Two options of the code space (off by default; `_init_code_space`), as in ViT-VQGAN / Improved VQGAN:
+    Two options of the code space (off by default; set by the constructor), as in ViT-VQGAN / Improved VQGAN:
     - factorised codes: a codebook of codebook_dim < embed_dim columns, `project_in` (embed_dim -> codebook_dim)
       before the assignment and `project_out` back after it (state-dict keys `project_in.*`, `project_out.*`);
     - cosine similarity: inputs and codebook rows are l2-normalised before the assignment, so the nearest code is
@@ -206,24 +207,28 @@ class CodebookQuantizer(Quantizer):
     embed_dim: int
     maintenance: CodebookMaintenance | None
 
-    def __init__(self) -> None:
+    def __init__(self, num_codes: int, embed_dim: int, *, codebook_dim: int | None = None, cosine: bool = False) -> None:
+        """K codes for `embed_dim`-channel inputs and the code space every nearest-neighbour quantizer shares
+        (factorised codes of `codebook_dim` columns, cosine codes). The subclass then creates its codebook of
+        `code_width` columns, and last its maintenance (`_init_maintenance`: its keys come after the codebook's)."""
         super().__init__()
-        self.project_in: nn.Linear | None = None
-        self.project_out: nn.Linear | None = None
-        self.cosine = False
-
-    def _init_code_space(self, num_codes: int, embed_dim: int, codebook_dim: int | None, cosine: bool) -> int:
-        """Set K, embed_dim and the projections and normalisation of the code space; returns the codebook width."""
         self.num_codes = num_codes
         self.embed_dim = embed_dim
         self.cosine = cosine
-        width = embed_dim if codebook_dim is None else codebook_dim
-        if width < 1:
+        self.code_width = embed_dim if codebook_dim is None else codebook_dim  # the codebook's columns
+        if self.code_width < 1:
             raise ValueError(f"codebook_dim must be >= 1, got {codebook_dim}")
-        if width != embed_dim:
-            self.project_in = nn.Linear(embed_dim, width)
-            self.project_out = nn.Linear(width, embed_dim)
-        return width
+        self.project_in: nn.Linear | None = None
+        self.project_out: nn.Linear | None = None
+        if self.code_width != embed_dim:
+            self.project_in = nn.Linear(embed_dim, self.code_width)
+            self.project_out = nn.Linear(self.code_width, embed_dim)
+        self.maintenance = None
+
+    def _init_maintenance(self, maintenance: MaintenanceConfig | None) -> None:
+        if maintenance is not None and maintenance.enabled:
+            self.maintenance = CodebookMaintenance(self.num_codes, maintenance)
+        # otherwise a plain attribute (None), not a submodule: no extra state-dict keys when maintenance is off
 
     @property
     def codebook_dim(self) -> int:
@@ -243,17 +248,10 @@ class CodebookQuantizer(Quantizer):
         """(K, codebook_dim) codes as assigned and returned: the codebook, rows l2-normalised with cosine codes."""
         return F.normalize(self.codebook.float(), dim=-1) if self.cosine else self.codebook
 
-    def _init_maintenance(self, maintenance: MaintenanceConfig | None) -> None:
-        if maintenance is not None and maintenance.enabled:
-            self.maintenance = CodebookMaintenance(self.num_codes, maintenance)
-        else:
-            # a plain attribute, not a submodule: no extra state-dict keys when maintenance is off
-            self.maintenance = None
-
     @property
     def codebook(self) -> torch.Tensor:
-        """(K, C) codebook."""
-        raise NotImplementedError
+        """(K, C) codebook: `embedding.weight`, the key every nearest-neighbour quantizer here stores it under."""
+        return self.embedding.weight
 
     def in_place_parameters(self) -> list[torch.Tensor]:
         """Parameters a training forward overwrites (k-means, restarts): a skipped step restores them."""
@@ -264,7 +262,9 @@ class CodebookQuantizer(Quantizer):
         raise NotImplementedError
 
     def _level_loss(self, codes: torch.Tensor, z_flat: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The commitment term only, beta·mse(sg[codes], z): the loss of codebooks that gradients do not train (EMA);
+        a gradient-trained codebook adds its codebook term (vq.py)."""
+        return self.beta * torch.mean((codes.detach() - z_flat) ** 2)
 
     # maintenance hooks, also called by ResidualVectorQuantizer for a shared codebook
     def maintain_before(self, z_flat: torch.Tensor) -> None:

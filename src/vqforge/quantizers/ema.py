@@ -83,18 +83,10 @@ class EMAVectorQuantizer(CodebookQuantizer):
         codebook_dim: int | None = None,
         cosine: bool = False,
     ):
-        super().__init__()
-        width = self._init_code_space(n_embed, embed_dim, codebook_dim, cosine)  # factorised / cosine codes (base.py)
-        self.beta = beta
-        self.embedding = EMACodebook(n_embed, width, decay, eps)
+        super().__init__(n_embed, embed_dim, codebook_dim=codebook_dim, cosine=cosine)
+        self.beta = beta  # commitment weight (the loss is the base class's commitment term)
+        self.embedding = EMACodebook(n_embed, self.code_width, decay, eps)
         self._init_maintenance(maintenance)
-
-    @property
-    def codebook(self) -> torch.Tensor:
-        return self.embedding.weight
-
-    def _level_loss(self, codes: torch.Tensor, z_flat: torch.Tensor) -> torch.Tensor:
-        return self.beta * torch.mean((codes.detach() - z_flat) ** 2)
 
     def ema_update(self, counts: torch.Tensor, embed_sum: torch.Tensor) -> None:
         """Sum this process's counts (K,) and sums (K, C) over ranks (one all-reduce) and apply one EMA step."""

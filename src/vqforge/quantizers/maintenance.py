@@ -118,9 +118,9 @@ class CodebookMaintenance(nn.Module):
             self.register_buffer("kmeans_done", torch.zeros((), dtype=torch.bool))
         if cfg.restart_unused_steps > 0:
             self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))
-        # encoder outputs collected for k-means (from every rank); not checkpointed: a run resumed before k-means ran
-        # collects again from the resumed step, so resume is exact only from a checkpoint after k-means ran (the
-        # resume window: the first kmeans_batches or more training forwards, D times that for staged residual levels)
+        # encoder outputs collected for k-means so far, one (rows, C) tensor per training forward (every rank's rows,
+        # the same list on every rank). Not in the state dict (a model's keys do not depend on when it was saved):
+        # the trainer checkpoints it as its own part (train/parts.py, KMeansCollection) while collection runs
         self._collected: list[torch.Tensor] = []
         self._kmeans_known_done = False  # host-side mirror of kmeans_done, avoids a device sync every step
         # k-means of these codebooks must be done before this one collects (residual levels: level i's inputs are
@@ -151,6 +151,20 @@ class CodebookMaintenance(nn.Module):
     def load_host_state(self, state: tuple[bool, list[torch.Tensor]]) -> None:
         self._kmeans_known_done, collected = state
         self._collected = list(collected)
+
+    # the batches collected so far, for a checkpoint taken during collection (train/parts.py)
+    def collected_batches(self) -> list[torch.Tensor]:
+        return list(self._collected)
+
+    def load_collected_batches(self, batches: list[torch.Tensor]) -> None:
+        """Continue a collection a checkpoint interrupted; call after the state dict is loaded (which empties it)."""
+        if batches and not self.cfg.kmeans_init:
+            raise ValueError("k-means batches given to a codebook without kmeans_init")
+        self._collected = [b.to(self._device()).float() for b in batches]
+
+    def _device(self) -> torch.device:
+        buf = next(self.buffers(), None)
+        return buf.device if buf is not None else torch.device("cpu")
 
     def kmeans_step(self, z_flat: torch.Tensor) -> CodeUpdate | None:
         """Collect (N, C) encoder outputs of every rank; once at least kmeans_batches calls and at least

@@ -26,24 +26,18 @@ from .base import CodebookQuantizer
 class SmoothedEMAQuantizer(CodebookQuantizer):
     def __init__(self, n_embed: int, embed_dim: int, commitment_cost: float = 0.25, decay: float = 0.99,
                  eps: float = 1e-5):
-        super().__init__()
-        self.num_codes = n_embed
-        self.embed_dim = embed_dim
-        self.commitment_cost = commitment_cost
+        super().__init__(n_embed, embed_dim)
+        self.beta = commitment_cost  # the loss is the base class's commitment term
         self.decay = decay
         self.eps = eps
         self.embedding = nn.Embedding(n_embed, embed_dim)
         self.embedding.weight.requires_grad_(False)  # moved by the EMA, not by an optimizer
         self.register_buffer("ema_cluster_size", torch.zeros(n_embed))
         self.ema_w = nn.Parameter(torch.randn(n_embed, embed_dim), requires_grad=False)
-        self._init_maintenance(None)
 
     @property
-    def codebook(self) -> torch.Tensor:
-        return self.embedding.weight
-
-    def _level_loss(self, codes: torch.Tensor, z_flat: torch.Tensor) -> torch.Tensor:
-        return self.commitment_cost * torch.mean((codes.detach() - z_flat) ** 2)
+    def commitment_cost(self) -> float:
+        return self.beta
 
     @torch.no_grad()
     def _update_codebook(self, indices: torch.Tensor, counts: torch.Tensor, z_flat: torch.Tensor) -> None:

@@ -27,18 +27,13 @@ class VectorQuantizer(CodebookQuantizer):
         codebook_dim: int | None = None,
         cosine: bool = False,
     ):
-        super().__init__()
-        width = self._init_code_space(n_embed, embed_dim, codebook_dim, cosine)  # factorised / cosine codes (base.py)
+        super().__init__(n_embed, embed_dim, codebook_dim=codebook_dim, cosine=cosine)
         self.beta = beta
         self.legacy = legacy
         # nn.Embedding's own init then uniform(-1/K, 1/K): the same RNG draws as taming, so seeds give the same codebook
-        self.embedding = nn.Embedding(n_embed, width)
+        self.embedding = nn.Embedding(n_embed, self.code_width)
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
         self._init_maintenance(maintenance)
-
-    @property
-    def codebook(self) -> torch.Tensor:
-        return self.embedding.weight
 
     def _level_loss(self, codes: torch.Tensor, z_flat: torch.Tensor) -> torch.Tensor:
         commit = torch.mean((codes.detach() - z_flat) ** 2)

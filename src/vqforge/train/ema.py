@@ -47,11 +47,20 @@ class WeightEMA:
         return self._pairs
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        """Fold in the weights after optimizer step `step` (0-based)."""
+    def update(self, model: nn.Module, step: int, applied: torch.Tensor | None = None) -> None:
+        """Fold in the weights after optimizer step `step` (0-based). `applied`: a 0-dim bool on the device, false
+        when the step was skipped; then the averages stay as they are (the weight becomes 0 on the device, no host
+        sync). Copied state is copied either way: a skipped step has put the model's back."""
         avg_s, avg_m, cp_s, cp_m = self._split(model)
         if avg_s:
-            torch._foreach_lerp_(avg_s, [t.detach() for t in avg_m], 1.0 - ema_decay_at(self.decay, step))
+            weight = 1.0 - ema_decay_at(self.decay, step)
+            if applied is None:
+                torch._foreach_lerp_(avg_s, [t.detach() for t in avg_m], weight)
+            else:
+                # a 0-dim tensor where torch wants a Scalar would be read to the host: the tensor-weights overload,
+                # the same 0-dim weight (broadcast) for every tensor; equal bit for bit to the Scalar one
+                w = torch.where(applied, weight, 0.0).to(avg_s[0].dtype)
+                torch._foreach_lerp_(avg_s, [t.detach() for t in avg_m], [w] * len(avg_s))
         if cp_s:
             torch._foreach_copy_(cp_s, cp_m)
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..errors import CheckpointError
+from ..quantizers.maintenance import CodebookMaintenance
 from .optim import load_optimizer_state
 from .speed import match_param_layout
 from .state import rng_state, set_rng_state
@@ -126,6 +127,34 @@ class WeightEMAState:
         self.ema.load_state_dict(state if state is not None else self.model.state_dict())
 
 
+class KMeansCollection:
+    """Encoder outputs that k-means initialisation has collected and not yet used, by the maintenance module's name
+    in the model. Saved only while a collection is under way (otherwise None: no entry in the checkpoint), outside
+    the model's state dict, so the model's keys never depend on when it was saved. Loaded after the model (whose
+    loading empties the collections); a checkpoint without the part (saved outside a collection, or by an earlier
+    version) leaves them empty."""
+
+    optional = True
+
+    def __init__(self, model: nn.Module):
+        self.collectors = {name: m for name, m in model.named_modules() if isinstance(m, CodebookMaintenance)}
+
+    def state_dict(self) -> dict[str, list[torch.Tensor]] | None:
+        state = {name: m.collected_batches() for name, m in self.collectors.items()}
+        state = {name: batches for name, batches in state.items() if batches}
+        return state or None
+
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]] | None) -> None:
+        state = state or {}
+        unknown = sorted(set(state) - set(self.collectors))
+        if unknown:
+            raise CheckpointError(f"the checkpoint holds k-means batches for {', '.join(unknown)}, which this model "
+                                  f"does not have (its codebooks with maintenance: "
+                                  f"{', '.join(self.collectors) or 'none'}); resume with the run's configuration")
+        for name, m in self.collectors.items():
+            m.load_collected_batches(list(state.get(name, [])))
+
+
 class LastValidation:
     """The metrics of the last validation (what `fit` returns when no validation follows a resume)."""
 
@@ -169,4 +198,4 @@ def load_parts(parts: dict[str, Stateful | None], state: dict[str, Any]) -> list
 
 
 __all__ = ["WEIGHT_FILES", "Stateful", "Counters", "OptimizerState", "RNGState", "PerRankRNG", "WeightEMAState",
-           "LastValidation", "save_parts", "load_parts"]
+           "KMeansCollection", "LastValidation", "save_parts", "load_parts"]

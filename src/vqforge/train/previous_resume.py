@@ -10,6 +10,11 @@ What carries over, each only when it maps one to one:
   ExponentialLR state.
 Everything else starts fresh, and the start-up log says so item by item: what the file does not record (data
 position, RNG states, weight EMA) and what did not map.
+
+Apart from the weights (loaded strictly first, with errors that name the config fields to fix), what maps is handed
+to the trainer's stateful parts (`Trainer.parts()`, parts.py) by part name, as a vqforge checkpoint is: the optimizer
+part re-indexes and lays out the moments, the counters part takes the step. A part the file cannot fill starts as
+built and is reported (`FRESH_PARTS`, or by its name), so a new part needs no change here.
 """
 
 from __future__ import annotations
@@ -166,11 +171,15 @@ def restore_previous(ckpt: PreviousCheckpoint, cfg: Config, trainer: Trainer, mo
         rep.fresh.append("discriminator weights: the file has none (the GAN was off there, or the file's layout "
                          "does not store them)")
 
+    # the rest goes through the trainer's parts (parts.py), by their names: what the file maps fills its part, every
+    # other part starts as built, and the report says so (a part added to Trainer.parts() appears here by itself)
+    state: dict[str, Any] = {}
+    explained: set[str] = set()  # parts whose fresh start is already reported with its reason
     g_names = {id(p): n for n, p in model.named_parameters()}
     mapped, why = map_optimizer_state(ckpt.optimizer, weights.optimizer_order, trainer.opt_g, g_names)
     key = "'optimizer'" if ckpt.layout == "first" else "'opt_ae'"
     if mapped is not None:
-        trainer.opt_g.load_state_dict(mapped)
+        state["opt_g"] = mapped
         rep.restored.append(f"autoencoder optimizer ({key}): Adam moments of {len(mapped['state'])} parameters, "
                             "matched by name")
         note = _hyper_note(ckpt.optimizer, trainer.opt_g, "autoencoder optimizer")
@@ -178,8 +187,10 @@ def restore_previous(ckpt: PreviousCheckpoint, cfg: Config, trainer: Trainer, mo
             rep.notes.append(note)
     else:
         rep.fresh.append(f"autoencoder optimizer ({key}): {why}")
+        explained.add("opt_g")
 
     if trainer.opt_d is not None and discriminator is not None:
+        explained.add("opt_d")
         disc_loaded = bool(weights.discriminator)
         d_key = "'optimizer_disc'" if ckpt.layout == "first" else "'opt_disc'"
         if ckpt.optimizer_disc is None:
@@ -191,7 +202,8 @@ def restore_previous(ckpt: PreviousCheckpoint, cfg: Config, trainer: Trainer, mo
             d_names = {id(p): n for n, p in discriminator.named_parameters()}
             mapped, why = map_optimizer_state(ckpt.optimizer_disc, weights.discriminator_order, trainer.opt_d, d_names)
             if mapped is not None:
-                trainer.opt_d.load_state_dict(mapped)
+                state["opt_d"] = mapped
+                explained.discard("opt_d")
                 rep.restored.append(f"discriminator optimizer ({d_key}): Adam moments of {len(mapped['state'])} parameters")
                 note = _hyper_note(ckpt.optimizer_disc, trainer.opt_d, "discriminator optimizer")
                 if note:
@@ -200,21 +212,41 @@ def restore_previous(ckpt: PreviousCheckpoint, cfg: Config, trainer: Trainer, mo
                 rep.fresh.append(f"discriminator optimizer ({d_key}): {why}")
 
     step = ckpt.steps_done
-    trainer.counters.load_state_dict({"step": step})
+    state["counters"] = {"step": step}  # the other counters load as 0
     rep.restored.append(f"step: {ckpt.step_note}")
+    rep.fresh.append("step counters other than the step (discriminator steps, skipped steps): from 0")
     if step >= trainer.cfg.num_steps:
         rep.notes.append(f"the file is at step {step} and train.num_steps is {trainer.cfg.num_steps}: nothing is left to "
                          "train; raise train.num_steps to continue")
     _schedule(ckpt, trainer, step, rep)
 
-    if ema is not None:
-        ema.load_state_dict({k: v.detach().clone() for k, v in model.state_dict().items()})
-        rep.fresh.append("weight EMA: the previous system kept none; it starts from the restored weights")
-    rep.fresh.append("data order: the file records no data position; the training stream starts from its beginning "
-                     f"(seed train.seed {cfg.train.seed})")
-    rep.fresh.append("random number generators: the file records none; seeded from train.seed")
-    rep.fresh.append("step counters other than the step (discriminator steps, skipped steps): from 0")
+    for name, part in trainer.parts().items():
+        if part is None or name in ("model", "discriminator"):  # loaded strictly above
+            continue
+        value = state.get(name)
+        if value is not None:
+            part.load_state_dict(value)
+            continue
+        if getattr(part, "optional", False):
+            part.load_state_dict(None)  # the part's own fresh start (the weight EMA: from the restored weights)
+        if name not in explained:
+            note = FRESH_PARTS.get(name, f"{name}: the previous system's file records none; it starts as built")
+            if note:
+                rep.fresh.append(note.format(seed=cfg.train.seed))
     return rep
+
+
+# how each trainer part that the previous system's file does not record starts, as the report says it (None: nothing
+# to report); a part not listed is reported by its name
+FRESH_PARTS: dict[str, str | None] = {
+    "model_ema": "weight EMA: the previous system kept none; it starts from the restored weights",
+    "kmeans": None,  # nothing collected yet: k-means (if on) collects from the resumed step, as in any run
+    "rng": "random number generators: the file records none; seeded from train.seed",
+    "rng_per_rank": None,  # covered by "rng"
+    "data": "data order: the file records no data position; the training stream starts from its beginning "
+            "(seed train.seed {seed})",
+    "last_val": None,  # no validation yet
+}
 
 
 __all__ = ["restore_previous", "map_optimizer_state", "ResumeReport"]

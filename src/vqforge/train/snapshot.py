@@ -11,6 +11,11 @@ passes wrote must be as before the step. That is more than the buffers:
 
 One `StepSnapshot` covers every module a step touches (the generator and, because the generator step runs the
 discriminator in train mode, the discriminator too).
+
+The tensors go back without a host sync: `restore_where(skip)` selects, on the device, the saved or the current value
+by the step's 0-dim skip flag. Host-side state cannot be selected on the device; it changes only on rare steps
+(k-means collecting or running, ActNorm initialising), and `host_changed()` tells the trainer that this step needs
+its skip decision on the host.
 """
 
 from __future__ import annotations
@@ -59,7 +64,31 @@ class StepSnapshot:
 
     @torch.no_grad()
     def restore(self) -> None:
+        """Put everything back (the step is skipped)."""
         for t, saved in self._tensors:
             t.copy_(saved)
+        self.restore_host()
+
+    @torch.no_grad()
+    def restore_where(self, skip: torch.Tensor) -> None:
+        """Put the tensors back where the 0-dim bool `skip` is true, keep them otherwise, decided on the device (no
+        host sync). Host-side state is not touched: see `host_changed`."""
+        for t, saved in self._tensors:
+            t.copy_(torch.where(skip, saved, t))
+
+    def host_changed(self) -> bool:
+        """Whether any host-side state differs from the snapshot (then only a host decision can restore it)."""
+        return any(not _same_host_state(m.host_state(), state) for m, state in self._host)
+
+    def restore_host(self) -> None:
         for m, state in self._host:
             m.load_host_state(state)
+
+
+def _same_host_state(a: Any, b: Any) -> bool:
+    """Equality of host states, tensors compared by identity (a collected batch is never modified in place)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_host_state(x, y) for x, y in zip(a, b))
+    return a == b

@@ -28,10 +28,11 @@ from ..models.output import TokenizerOutput
 from .checkpoint import Checkpointer
 from .ema import WeightEMA
 from .logger import RunLogger, Throughput
-from .parts import (Counters, LastValidation, OptimizerState, PerRankRNG, RNGState, Stateful, WeightEMAState,
-                    load_parts, save_parts)
+from .parts import (Counters, KMeansCollection, LastValidation, OptimizerState, PerRankRNG, RNGState, Stateful,
+                    WeightEMAState, load_parts, save_parts)
 from .schedules import lr_factor
 from .snapshot import StepSnapshot
+from .skips import SkipTally
 from .speed import DevicePrefetcher
 
 
@@ -95,16 +96,27 @@ class TrainerConfig:
 @dataclass
 class StepResult:
     # loss terms and statistics of the step as they were computed: 0-dim device tensors (and plain floats), so
-    # that a step needs no host sync for them; `terms` reads them as floats (one sync when asked)
+    # that a step needs no host sync for them; `terms` reads them as floats (one sync when asked). A discriminator
+    # term is 0 where its step was skipped.
     device_terms: dict[str, torch.Tensor | float]
-    finite: bool
-    disc_stepped: bool
+    applied: torch.Tensor  # 0-dim bool on the device: the generator step applied (finite on every rank)
+    disc_applied: torch.Tensor | None  # the same for the discriminator step; None when it did not train this step
     reconstruction: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
 
     @property
     def terms(self) -> dict[str, float]:
         return floats(self.device_terms)
+
+    @property
+    def finite(self) -> bool:
+        """Whether the step applied (a host read when asked)."""
+        return bool(self.applied)
+
+    @property
+    def disc_stepped(self) -> bool:
+        """Whether the discriminator stepped (a host read when asked)."""
+        return self.disc_applied is not None and bool(self.disc_applied)
 
 
 def floats(values: dict[str, torch.Tensor | float], *, across_ranks: bool = False) -> dict[str, float]:
@@ -178,6 +190,26 @@ def _grad_norm(params: list[torch.Tensor], max_norm: float | None, device: torch
     return torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm is not None else math.inf, foreach=True)
 
 
+def _masks_steps(opt: torch.optim.Optimizer) -> bool:
+    """Whether `opt` can skip its step on a device flag: torch's fused Adam/AdamW kernels take `found_inf` (they do
+    nothing where it is 1 and take back the step count); the foreach and per-parameter ones refuse it."""
+    return all(g.get("fused") for g in opt.param_groups)
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, applied: torch.Tensor, host_applied: bool | None) -> None:
+    """Step `opt` where `applied` (0-dim bool on the device) is true. With `host_applied` (the decision already read
+    back) a plain step or none; otherwise fused kernels skip on the device through `found_inf`."""
+    if host_applied is not None:
+        if host_applied:
+            opt.step()
+        return
+    opt.found_inf = (~applied).float()  # read by torch.optim.Adam(W).step, fused path
+    try:
+        opt.step()
+    finally:
+        del opt.found_inf
+
+
 class Trainer:
     def __init__(
         self,
@@ -216,10 +248,40 @@ class Trainer:
         # the training forward: the model itself, or a torch.compile'd call of it (train.compile)
         self.forward = forward if forward is not None else model
         self.image_every = cfg.image_every if cfg.image_every is not None else cfg.validation_interval
-        self.counters = Counters()
+        self._counters = Counters()
+        self._tally: SkipTally | None = None  # skips of the steps since the host last read (skips.py)
         self.last_val = LastValidation()
         self.gen_params = [p for p in self.model.parameters() if p.requires_grad]
         self.disc_params = [p for p in discriminator.parameters() if p.requires_grad] if discriminator is not None else []
+
+    @property
+    def counters(self) -> Counters:
+        """The run's counters, with the steps since the last host read folded in (one read, if any are pending)."""
+        if self._tally is not None and self._tally.steps:
+            self._settle(floats(self._tally.read_values()))
+        return self._counters
+
+    def _settle(self, read: dict[str, float]) -> None:
+        """Fold a read of the skip tally into the counters, log the skips, and stop on `max_bad_steps` in a row."""
+        if self._tally is None:
+            return
+        got = self._tally.settle(read, self._counters)
+        self._tally = None
+        c = self._counters
+        first, last = got.steps
+        where = f"step {first}" if first == last else f"steps {first}-{last}"
+        if got.skipped:
+            self.logger.info(f"{where}: {got.skipped} step(s) skipped for a non-finite loss or gradient, the last at "
+                             f"step {got.last_bad} ({c.bad_in_a_row} in a row now, {c.skipped_steps} in total)")
+        if got.disc_skipped:
+            self.logger.info(f"{where}: non-finite discriminator loss or gradient; discriminator step skipped "
+                             f"{got.disc_skipped} time(s), the last at step {got.last_disc_bad}")
+        if got.worst_in_a_row >= self.cfg.max_bad_steps:
+            raise TrainingError(
+                f"{got.worst_in_a_row} non-finite steps in a row (the last at step {got.last_bad}); training "
+                f"stopped. The last good checkpoint is in {self.ckpt.dir}. Lower train.lr, set train.grad_clip, "
+                "or use train.precision: fp32; resume with --resume once changed."
+            )
 
     def parts(self) -> dict[str, Stateful | None]:
         """Everything a checkpoint holds, by name (`parts.py`): adding resumable state is one entry here. The names
@@ -228,6 +290,7 @@ class Trainer:
         disc = _unwrap(self.discriminator)
         return {
             "model": self.raw_model,
+            "kmeans": KMeansCollection(self.raw_model),  # after the model, whose loading empties the collections
             "model_ema": WeightEMAState(self.ema, self.raw_model) if self.ema is not None else None,
             "discriminator": disc,
             "counters": self.counters,
@@ -270,15 +333,22 @@ class Trainer:
     def train_step(self) -> StepResult:
         """One generator step (and the discriminator step when the GAN schedule says so).
 
-        The step reads one thing back from the device: whether the generator's and the discriminator's losses and
-        gradient norms are finite on every rank (one all-reduce of both flags, one host read). Both backward passes
-        run before that decision (the discriminator's uses the generator forward's detached reconstruction, so it does
-        not depend on the generator's update); then each optimizer steps or its step is skipped and restored."""
-        step = self.counters.step
+        Whether the generator's and the discriminator's losses and gradient norms are finite on every rank is
+        decided on the device (one all-reduce of both flags, no host read): both backward passes run before that
+        decision (the discriminator's uses the generator forward's detached reconstruction, so it does not depend on
+        the generator's update); then each fused optimizer steps with `found_inf` (no update where the step is
+        skipped), the in-place state is put back where skipped (`StepSnapshot.restore_where`), and the weight EMA
+        folds in with weight 0 where skipped. The counters follow on the device (skips.py) and reach the host with the
+        log interval's read. The step reads its decision back only when it must act on the host: host-side state
+        changed (k-means collecting or running, ActNorm initialising) or an optimizer has no fused kernels."""
+        step = self._counters.step
         self.raw_model.set_step(step)
         lr = self._set_lr(step)
         # in-place state that a non-finite step must not corrupt (EMA codebooks, k-means, BatchNorm running stats,
-        # ActNorm): the generator step runs the discriminator in train mode, so its state is saved too
+        # ActNorm): the generator step runs the discriminator in train mode, so its state is saved too. Its weights
+        # count as trainable here (the previous step may have left them frozen): only its optimizer changes them
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(True)
         snapshot = StepSnapshot(self.model, _unwrap(self.discriminator))
         self.opt_g.zero_grad(set_to_none=True)
         if self.discriminator is not None:
@@ -311,30 +381,39 @@ class Trainer:
         if self.cfg.gan is not None and self.cfg.gan.trains_at(step):
             disc = self._discriminator_backward(step, micro_batches)
             flags.append(disc.finite)
-        # the step's one host sync: every replica steps or skips together
-        finite = dist.all_true_each(torch.stack(flags))
+        # every replica steps or skips together: one all-reduce of the flags, kept on the device
+        finite = dist.all_true_on_device(torch.stack(flags))
+        applied = finite[0]
+        disc_applied = applied & finite[1] if disc is not None else None
+        # host-side state (k-means collecting or running, ActNorm initialising) can only be put back by the host:
+        # such rare steps, and optimizers without fused kernels (no found_inf), read the decision back
+        host = [None, None]
+        if snapshot.host_changed() or (disc is not None and disc.snapshot.host_changed()) \
+                or not _masks_steps(self.opt_g) or (disc is not None and not _masks_steps(self.opt_d)):
+            host = [bool(v) for v in torch.stack([applied, applied if disc_applied is None else disc_applied]).tolist()]
 
-        disc_stepped = False
-        if finite[0]:
-            self.opt_g.step()
-            if self.ema is not None:
-                self.ema.update(self.raw_model, step)
-            self.counters.bad_in_a_row = 0
-            if disc is not None:
-                disc_stepped = self._discriminator_update(step, finite[1], disc, totals)
-        else:
-            self.opt_g.zero_grad(set_to_none=True)
-            if self.opt_d is not None:
-                self.opt_d.zero_grad(set_to_none=True)
-            snapshot.restore()  # also undoes what both forwards wrote into the discriminator
-            self.counters.skipped_steps += 1
-            self.counters.bad_in_a_row += 1
+        _optimizer_step(self.opt_g, applied, host[0])
+        if disc is not None:
+            _optimizer_step(self.opt_d, disc_applied, host[1])
+            disc.snapshot.restore_where(~disc_applied)
+            totals.update({k: torch.where(disc_applied, v, 0.0) for k, v in disc.terms.items()})
+            totals["disc_grad_norm"] = torch.where(disc_applied, disc.grad_norm, 0.0)
+        snapshot.restore_where(~applied)  # also undoes what both forwards wrote into the discriminator
+        if host[0] is False:
+            snapshot.restore_host()
+        elif disc is not None and host[1] is False:
+            disc.snapshot.restore_host()
+        if self.ema is not None:
+            self.ema.update(self.raw_model, step, applied)
+        if self._tally is None:
+            self._tally = SkipTally(self.device, self._counters, step)
+        self._tally.record(step, applied, disc is not None, disc_applied if disc is not None else applied)
         totals.setdefault("disc_factor", 0.0)
         # each rank updated running statistics (BatchNorm) from its own batch: keep rank 0's on all replicas
         dist.sync_buffers(self.raw_model)
         dist.sync_buffers(_unwrap(self.discriminator))
-        self.counters.step += 1
-        return StepResult(totals, finite[0], disc_stepped, micro_batches[-1][1], micro_batches[-1][0])
+        self._counters.step += 1
+        return StepResult(totals, applied, disc_applied, micro_batches[-1][1], micro_batches[-1][0])
 
     def _discriminator_backward(self, step: int, micro_batches) -> DiscriminatorPass:
         """The discriminator's losses and gradients on the step's micro-batches (its update waits for the step's
@@ -359,63 +438,48 @@ class Trainer:
         dnorm = _grad_norm(self.disc_params, self.cfg.grad_clip, self.device)
         return DiscriminatorPass(ok & torch.isfinite(dnorm), snapshot, d_terms, dnorm.detach())
 
-    def _discriminator_update(self, step: int, finite: bool, disc: DiscriminatorPass,
-                              totals: dict[str, torch.Tensor | float]) -> bool:
-        if finite:
-            self.opt_d.step()
-            self.counters.disc_steps += 1
-            totals.update(disc.terms)
-            totals["disc_grad_norm"] = disc.grad_norm
-            return True
-        self.opt_d.zero_grad(set_to_none=True)
-        disc.snapshot.restore()
-        self.counters.skipped_steps += 1
-        self.logger.info(f"step {step}: non-finite discriminator loss or gradient; discriminator step skipped")
-        return False
-
     # ---------------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         """Train until `num_steps`; returns the last validation metrics."""
-        c, cfg = self.counters, self.cfg
+        c, cfg = self._counters, self.cfg
         self.logger.start_progress(c.step)
         tp = Throughput()
-        window: dict[str, torch.Tensor | float] = {}  # summed on the device, read once per log interval
+        # summed over the interval's applied steps on the device (plain floats, the learning rate, over all its
+        # steps on the host), read once per log interval together with the skip tally
+        window: dict[str, torch.Tensor | float] = {}
         shown: dict[str, float] = {}  # the losses the progress bar shows (those of the last log interval)
-        n_window = 0
+        n_steps, n_applied = 0, torch.zeros((), device=self.device)
         t_start = time.perf_counter()
         while c.step < cfg.num_steps:
             res = self.train_step()
             step = c.step  # completed steps
             tp.add(res.inputs.shape[0] * cfg.grad_accum_steps * dist.world_size())
-            if not res.finite:
-                self.logger.info(f"step {step - 1}: non-finite loss or gradient; step skipped "
-                                 f"({c.bad_in_a_row} in a row, {c.skipped_steps} in total)")
-                if c.bad_in_a_row >= cfg.max_bad_steps:
-                    raise TrainingError(
-                        f"{c.bad_in_a_row} non-finite steps in a row at step {step - 1}; training stopped. "
-                        f"The last good checkpoint is in {self.ckpt.dir}. Lower train.lr, set train.grad_clip, "
-                        "or use train.precision: fp32; resume with --resume once changed."
-                    )
-            else:
-                for k, v in res.device_terms.items():
-                    window[k] = window.get(k, 0.0) + v
-                n_window += 1
+            for k, v in res.device_terms.items():
+                window[k] = window.get(k, 0.0) + (torch.where(res.applied, v, 0.0) if isinstance(v, torch.Tensor) else v)
+            n_steps += 1
+            n_applied = n_applied + res.applied.float()
             steps_s, img_s = tp.rates()
-            log_now = n_window and (step % cfg.log_every == 0 or step == cfg.num_steps)
-            if log_now:
-                # losses and codebook stats averaged over the interval and over ranks (each rank saw its own part
-                # of the global batch): the interval's one host read
-                avg = floats({k: v / n_window for k, v in window.items()}, across_ranks=True)
-                shown = {"loss": avg.get("total_loss", float("nan")), "rec": avg.get("rec_loss", float("nan"))}
+            avg = None
+            if step % cfg.log_every == 0 or step == cfg.num_steps:
+                # losses and codebook stats averaged over the interval's applied steps and over ranks (each rank saw
+                # its own part of the global batch), with the skip tally: the interval's one host read
+                means = {k: (v / n_applied.clamp_min(1.0) if isinstance(v, torch.Tensor) else v / n_steps)
+                         for k, v in window.items()}
+                pending = self._tally.read_values() if self._tally is not None else {}  # None: settled already
+                read = floats({**means, "_applied": n_applied, **pending}, across_ranks=True)
+                self._settle(read)  # counters, skip lines; raises after max_bad_steps in a row
+                if read.pop("_applied") > 0:  # an interval of skipped steps only has no means to log
+                    avg = {k: v for k, v in read.items() if not k.startswith("_tally/")}
+                    shown = {"loss": avg.get("total_loss", float("nan")), "rec": avg.get("rec_loss", float("nan"))}
+                window, n_steps, n_applied = {}, 0, torch.zeros((), device=self.device)
             self.logger.progress(step, {**shown, "it/s": steps_s, "img/s": img_s})
-            if log_now:
+            if avg is not None:
                 avg.update({"steps_per_s": steps_s, "images_per_s": img_s, "disc_steps": float(c.disc_steps),
                             "skipped_steps": float(c.skipped_steps),
                             "data_skipped_files": float(getattr(self.stream, "skipped_files", 0))})
                 self.logger.scalars(step, avg, "train")
                 self.logger.line(step, {k: avg[k] for k in ("total_loss", "rec_loss", "quant_loss", "disc_factor",
                                                            "codebook/usage", "steps_per_s") if k in avg})
-                window, n_window = {}, 0
                 tp.reset()
             if self.image_every and step % self.image_every == 0:
                 self.logger.image(step, "train_reconstruction", labelled_grid(res.inputs[:8], res.reconstruction[:8],
@@ -426,6 +490,7 @@ class Trainer:
                 metric = metrics.get(cfg.best_metric)
             if step % cfg.save_interval == 0 or step == cfg.num_steps:
                 self.save(metric)
+        c = self.counters  # settled (the last step ended a log interval: nothing is pending)
         self.logger.info(f"finished {c.step} steps in {time.perf_counter() - t_start:.1f}s "
                          f"({c.disc_steps} discriminator steps, {c.skipped_steps} skipped)")
         return self.last_val.metrics
@@ -474,6 +539,6 @@ class Trainer:
         """Rank 0 writes the checkpoint; every rank must call this (gathering the RNG states is collective)."""
         state = self.state_dict()
         if dist.is_main():
-            self.ckpt.save_state(self.counters.step, state, config_json=self.cfg.config_json, metric=metric)
+            self.ckpt.save_state(self._counters.step, state, config_json=self.cfg.config_json, metric=metric)
         dist.barrier()  # no rank goes on (or reads the checkpoint) before it is complete
 
