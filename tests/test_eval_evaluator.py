@@ -15,12 +15,12 @@ from vqforge.eval.evaluator import evaluate
 from vqforge.utils import is_better
 
 
-def tiny_taming(rvq_levels: int = 1, variant: str = "EMAVQ", seed: int = 0) -> torch.nn.Module:
+def tiny_taming(rvq_levels: int = 1, variant: str = "EMAVQ", seed: int = 0, shared: bool = False) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = ModelConfig(family="taming", variant=variant, n_embed=16, embed_dim=8,
                       ddconfig=DDConfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=8,
                                         resolution=32),
-                      quantizer=QuantizerConfig(rvq_levels=rvq_levels))
+                      quantizer=QuantizerConfig(rvq_levels=rvq_levels, shared_codebook=shared))
     return vqforge.build_model(cfg)
 
 
@@ -128,6 +128,33 @@ def test_residual_depth_curve():
     assert {"depth1/psnr", "depth3/psnr", "l0/usage", "l2/perplexity", "l1/dead_codes"} <= set(s)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_usage_of_all_levels_together(shared):
+    """A shared codebook pools the levels' counts (a code is dead only if no level uses it); separate codebooks
+    count their D*K codes; one level has no total."""
+    model = tiny_taming(rvq_levels=3, shared=shared)
+    x = images(4)
+    res = evaluate(model, batches_of(x, 2))
+    idx = _reference(model, x).indices
+    if shared:
+        used = idx.unique().numel()
+        assert res.codebook_total.num_codes == 16 and res.codebook_total.used == used
+        expected = torch.bincount(idx.flatten(), minlength=16)
+    else:
+        used = sum(idx[:, d].unique().numel() for d in range(3))
+        assert res.codebook_total.num_codes == 48 and res.codebook_total.used == used
+        expected = torch.cat([torch.bincount(idx[:, d].flatten(), minlength=16) for d in range(3)])
+    p = expected.double() / expected.sum()
+    perplexity = math.exp(-(p[p > 0] * p[p > 0].log()).sum().item())
+    s = res.scalars()
+    assert s["usage"] == pytest.approx(used / res.codebook_total.num_codes)
+    assert s["perplexity"] == pytest.approx(perplexity, rel=1e-9)
+    assert s["dead_codes"] == res.codebook_total.num_codes - used
+    assert json.loads(json.dumps(res.to_json()))["codebook_total"]["used"] == used
+    single = evaluate(tiny_taming(), batches_of(x, 2))
+    assert single.codebook_total is None and single.to_json()["codebook_total"] is None
+
+
 def test_hierarchical_levels():
     model = tiny_vqvae2()
     x = images(3)
@@ -145,8 +172,8 @@ def test_json_schema_and_skip_reasons():
     res = evaluate(tiny_taming(rvq_levels=2), batches_of(images(2), 2))
     j = json.loads(json.dumps(res.to_json()))
     assert set(j) == {"num_images", "resolution", "psnr", "psnr_aggregate", "ssim", "mse", "rec_loss", "pixel_loss",
-                      "lpips", "rfid", "layout", "bits_per_pixel", "codebook", "depth_curve", "baselines", "skipped",
-                      "seconds"}
+                      "lpips", "rfid", "layout", "bits_per_pixel", "codebook", "codebook_total", "depth_curve", "baselines",
+                      "skipped", "seconds"}
     assert j["baselines"] == {}  # only with evaluate(baselines=True)
     assert j["lpips"] is None and j["rfid"] is None
     assert set(j["skipped"]) == {"lpips", "rfid"}

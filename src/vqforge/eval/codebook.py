@@ -136,3 +136,15 @@ class CodebookUsage:
 
     def stats(self) -> list[LevelStats]:
         return [level_stats(c, i) for i, c in enumerate(self.counts or [])]
+
+    def total_stats(self, shared: bool) -> LevelStats | None:
+        """All levels together (None for one level): with `shared` (one codebook used at every level) the levels'
+        counts are summed into its K codes, so a code is dead only if no level uses it; otherwise each level's K codes
+        are counted separately (D*K codes). `level` is -1."""
+        if not self.counts or len(self.counts) < 2:
+            return None
+        if shared:
+            if len({c.numel() for c in self.counts}) != 1:
+                raise ValueError("a shared codebook has one size, but the levels' histograms differ in length")
+            return level_stats(torch.stack(self.counts).sum(0), -1)
+        return level_stats(torch.cat(self.counts), -1)

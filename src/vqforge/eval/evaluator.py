@@ -86,6 +86,9 @@ class EvalResult:
     layout: str  # "single" | "residual" | "hierarchical"
     bpp: float  # bits per pixel at log2(K) bits per token, all levels
     codebook: list[LevelStats]  # per level (residual depth or hierarchy level)
+    # several levels: all of them together; one shared codebook (residual VQ with shared_codebook) pools the levels'
+    # counts into its K codes, separate codebooks count each of their D*K codes once
+    codebook_total: LevelStats | None = None
     depth_curve: list[DepthPoint] = field(default_factory=list)  # residual VQ only: depth 1..D
     baselines: list[BaselineResult] = field(default_factory=list)  # evaluate(baselines=True) only
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it was not computed
@@ -111,6 +114,7 @@ class EvalResult:
             "layout": self.layout,
             "bits_per_pixel": self.bpp,
             "codebook": [asdict(s) for s in self.codebook],
+            "codebook_total": asdict(self.codebook_total) if self.codebook_total is not None else None,
             "depth_curve": [
                 {**asdict(p), "psnr": finite_or_none(p.psnr)} for p in self.depth_curve
             ],
@@ -148,6 +152,10 @@ class EvalResult:
             s[f"{pre}usage"] = st.usage
             s[f"{pre}perplexity"] = st.perplexity
             s[f"{pre}dead_codes"] = float(st.dead)
+        if multi and self.codebook_total is not None:
+            s["usage"] = self.codebook_total.usage
+            s["perplexity"] = self.codebook_total.perplexity
+            s["dead_codes"] = float(self.codebook_total.dead)
         for p in self.depth_curve:
             s[f"depth{p.depth}/psnr"] = p.psnr
             if p.lpips is not None:
@@ -416,6 +424,8 @@ def evaluate(
         layout=layout,
         bpp=bits_per_pixel(tokens, ks, h_img, w_img),
         codebook=usage.stats(),
+        codebook_total=usage.total_stats(shared=bool(getattr(getattr(model, "quantize", None), "shared_codebook",
+                                                                 False))),
         depth_curve=curve,
         baselines=base_results,
         skipped=skipped,
