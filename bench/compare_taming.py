@@ -21,7 +21,7 @@ Cases (`--cases`, default all):
   embed_dim 8, n_embed 64; PatchGAN 2 layers, ndf 16; batch 4 at 64²) with the full objective, L1 + LPIPS + codebook
   + hinge GAN with the adaptive weight, adversarial term on: one generator + discriminator step pair per step.
 - `tiny-ae`: the same network, autoencoder step only: L1 + codebook loss, no discriminator, no LPIPS.
-- `qs-gan`, `qs-ae`: the same two steps for the network of `configs/quickstart.yaml` (ch 32, ch_mult [1, 2],
+- `qs-gan`, `qs-ae`: the same two steps for the network of `configs/examples/quickstart_vqgan.yaml` (the first quickstart) (ch 32, ch_mult [1, 2],
   z_channels 32, embed_dim 32, n_embed 256; PatchGAN 2 layers, ndf 32; its batch of 8). vqforge trains it as that
   config does (EMA codebook with k-means init and code restarts, weight EMA); the reference release has no working
   EMA quantizer, so it uses its `VectorQuantizer2` there (the quantizer is a small part of the step).
@@ -106,7 +106,7 @@ def case_config(case: str, overrides: dict | None = None) -> dict:
     else:
         from vqforge.config.readers import read_raw
 
-        raw = read_raw(REPO / "configs" / "quickstart.yaml")
+        raw = read_raw(REPO / "configs" / "examples" / "quickstart_vqgan.yaml")
     merge_dicts(raw, {"train": {"device": "cpu", "num_steps": 10**6, "save_interval": 10**9, "validation_interval": 10**9,
                            "seed": 0, "disc_warmup_steps": 0},
                  "log": {"tensorboard": False, "progress": False, "wandb": False, "every": 10**6},

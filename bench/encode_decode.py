@@ -1,7 +1,7 @@
 """Encode and decode throughput (images/s) of tokenizer models on CPU (or a GPU with --device cuda).
 
 Models (random weights: speed does not depend on training):
-- quickstart: `configs/quickstart.yaml` (EMA-VQ VQGAN, ch 64, ch_mult [1, 2, 2], 64x64 -> 16x16 tokens);
+- quickstart: `configs/examples/quickstart_vqgan.yaml` (the first quickstart) (EMA-VQ VQGAN, ch 64, ch_mult [1, 2, 2], 64x64 -> 16x16 tokens);
 - f16: the taming VQGAN f16 config (ch 128, ch_mult [1, 1, 2, 2, 4], num_res_blocks 2, attn [16], z 256,
   embed_dim 256, n_embed 1024) at 256x256 -> 16x16 tokens.
 
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def quickstart_config() -> tuple[ModelConfig, int]:
-    path = REPO / "configs" / "quickstart.yaml"
+    path = REPO / "configs" / "examples" / "quickstart_vqgan.yaml"
     if path.is_file():
         cfg = vqforge.load_config(path)
         return cfg.model, cfg.data.resolution

@@ -1,9 +1,9 @@
 """What the quickstart can reach at 2 bits per pixel, before any training: two numbers that decide its design.
 
 1. A context-free bound per token layout: k-means codebooks fitted on pixel patches of the quickstart's training
-   stream (the same crops `vqforge train configs/quickstart.yaml` sees), applied to its 8 validation crops. A patch of
-   p x p pixels is one token; residual k-means stacks L codebooks of K codes (L*log2(K) / p^2 bits per pixel). A
-   learned encoder/decoder should beat the bound of its layout; a layout whose bound is under the bicubic bar needs
+   stream (by default that of `configs/examples/quickstart_vqgan.yaml`, the first quickstart: all 10 photos),
+   applied to its 8 validation crops. A patch of p x p pixels is one token; residual k-means stacks L codebooks
+   of K codes (L*log2(K) / p^2 bits per pixel). A learned encoder/decoder should beat the bound of its layout; a layout whose bound is under the bicubic bar needs
    context to clear it.
 2. The training FLOPs of one step (forward + backward, batch 8 at 64x64) for the candidate networks: on a 2-core CPU
    a step costs roughly FLOPs / 50 GFLOP/s, so this says how many steps fit in the quickstart's 10 minutes.
@@ -88,6 +88,10 @@ def step_gflops() -> list[dict]:
     for hid in (64, 128):
         nets.append((f"VQ-VAE-2 level, hidden {hid} (f4)", vqvae2.Encoder(3, hid, 32, 2, 4),
                      vqvae2.Decoder(hid, hid, 3, 32, 2, 4)))
+    from vqforge.models.patch import PatchDecoder, PatchEncoder
+
+    nets.append(("patch family, 128 channels, 2 blocks per side (f4; configs/quickstart.yaml)",
+                 PatchEncoder(3, 4, 128, 2), PatchDecoder(3, 4, 128, 2)))
     rows = []
     for name, enc, dec in nets:
         with FlopCounterMode(display=False) as counter:
@@ -99,7 +103,7 @@ def step_gflops() -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
+    ap.add_argument("--config", default=str(REPO / "configs" / "examples" / "quickstart_vqgan.yaml"))
     ap.add_argument("--batches", type=int, default=60, help="training batches the k-means codebooks are fitted on")
     ap.add_argument("--iters", type=int, default=25)
     ap.add_argument("--json", metavar="OUT")

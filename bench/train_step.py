@@ -9,7 +9,7 @@ Cases (each runs in its own subprocess, so peak RSS and thread pools of one case
   disc_weight 0.8), `disc_start 0` so every measured step is a generator + discriminator step pair.
 - `ref-nogan`: the same model with `use_gan: false` and no LPIPS: L1 + codebook (the reference's autoencoder step).
 - `ref-nogan-lpips`: GAN off with LPIPS (for information; no target).
-- `qs-gan` / `qs-nogan`: `configs/quickstart.yaml` as written (EMAVQ, k-means init, code restarts, weight EMA,
+- `qs-gan` / `qs-nogan`: `configs/examples/quickstart_vqgan.yaml` (the first quickstart) as written (EMAVQ, k-means init, code restarts, weight EMA,
   perceptual_weight 0) with `disc_start 0, disc_warmup_steps 0` (GAN on: every step a pair) or `use_gan: false`.
 - `qs-gan-lpips`: the quickstart with LPIPS on, as `make demo` runs it when VGG16 weights are present.
 
@@ -117,7 +117,7 @@ def case_config(case: str) -> tuple[dict, bool]:
     else:
         from vqforge.config.readers import read_raw
 
-        raw = read_raw(REPO / "configs" / "quickstart.yaml")
+        raw = read_raw(REPO / "configs" / "examples" / "quickstart_vqgan.yaml")
         raw.setdefault("train", {}).update(device="cpu", num_steps=100000, save_interval=10**9,
                                            validation_interval=10**9)
     gan = case.endswith("-gan") or case.endswith("-gan-lpips")
