@@ -3,8 +3,8 @@
 1. A context-free bound per token layout: k-means codebooks fitted on pixel patches of the quickstart's training
    stream (by default that of `configs/examples/quickstart_vqgan.yaml`, the first quickstart: all 10 photos),
    applied to its 8 validation crops. A patch of p x p pixels is one token; residual k-means stacks L codebooks
-   of K codes (L*log2(K) / p^2 bits per pixel). A learned encoder/decoder should beat the bound of its layout; a layout whose bound is under the bicubic bar needs
-   context to clear it.
+   of K codes (L*log2(K) / p^2 bits per pixel). A learned encoder/decoder should beat the bound of its layout; a
+   layout whose bound is under the bicubic bar needs context to clear it.
 2. The training FLOPs of one step (forward + backward, batch 8 at 64x64) for the candidate networks: on a 2-core CPU
    a step costs roughly FLOPs / 50 GFLOP/s, so this says how many steps fit in the quickstart's 10 minutes.
 
