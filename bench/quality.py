@@ -278,6 +278,29 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path)
 
 
+def plot_curve(points: list[dict], path: Path) -> None:
+    """Held-out usage and PSNR against the step each was measured after, one line per configuration."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    names = [n for n in ORDER if any(p["name"] == n for p in points)]
+    for col, (key, label) in enumerate((("usage", "held-out codebook usage (%)"), ("psnr", "held-out PSNR (dB)"))):
+        ax = fig.add_subplot(1, 2, col + 1)
+        for name in names:
+            pts = sorted((p["step"], p[key]) for p in points if p["name"] == name)
+            ax.plot([s for s, _ in pts], [100 * v if key == "usage" else v for _, v in pts], marker="o", label=name)
+        if key == "usage":
+            ax.set_ylim(0, 105)
+            ax.axhline(98, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("training step")
+        ax.set_title(label)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def curve_markdown(points: list[dict]) -> str:
     """Usage and PSNR against the step each was measured after, one row per (quantizer, K, step)."""
     out = ["| quantizer | K | step / schedule | held-out PSNR (dB) | usage | used / K | held-out tokens N "
@@ -372,6 +395,8 @@ def main() -> None:
     rows = write()
     if rows:
         plot(rows, args.out / "quality.png")
+    if len({p["step"] for p in points}) > 1:
+        plot_curve(points, args.out / "quality_curve.png")
     print(markdown(rows))
     load1 = os.getloadavg()
     print(f"\n{len(rows)}/{len(names)} configurations, {(time.perf_counter() - t0) / 60:.1f} min wall, "
