@@ -18,12 +18,16 @@ Protocol, identical for every row:
   Each row reports N and what a code drawn uniformly at random would use on N tokens, 1 − (1 − 1/K)^N: usage
   cannot be judged against 100% when N is not far above K.
 
-By default the configurations run one after another in this process with one thread (`--jobs N` runs N at a time,
-each in its own process); the table and JSON are rewritten after every configuration, so an interrupted run keeps
-what it measured; at the end the table is printed (markdown) and plotted (usage and PSNR per quantizer at both
-codebook sizes). K >= 16,384 runs first: that is where the quantizers differ.
+By default (`--jobs 1`) the configurations train in lockstep in this process with one thread: one step of each in
+turn, each with its own copy of the global random states, so that every run is step for step the run it would be
+alone (and an interrupted run has all configurations at the same step). `--eval-at S1 S2 ...` also measures every
+configuration after those steps (the usage curve; such a row is a model in the middle of its cosine schedule, its
+`step` below its `steps`); the last step is always measured. `--jobs N` runs N configurations at a time, each in its
+own process. The table and JSON are rewritten after every measurement, so an interrupted run keeps what it
+measured; at the end the table is printed (markdown) and plotted (usage and PSNR per quantizer at both codebook
+sizes). K >= 16,384 comes first: that is where the quantizers differ.
 
-    PYTHONPATH=src python bench/quality.py [--steps 30] [--jobs 1] [--out bench/results/quality]
+    PYTHONPATH=src python bench/quality.py [--steps 30] [--jobs 1] [--eval-at 150 400] [--out bench/results/quality]
                                            [--scales 128 256 400] [--usage-scales 136 160 ... 400]
                                            [--only fsq-16384 lfq-512 ...]
 """
@@ -111,53 +115,128 @@ def heldout_crops(scales: list[int], flips: bool = False):
     return torch.stack(crops)
 
 
-def run_case(name: str, steps: int, scales: list[int], usage_scales: list[int]) -> dict:
+def _rng_state() -> tuple:
+    import random
+
+    import numpy as np
     import torch
 
-    torch.set_num_threads(1)
-    from vqforge.config import parse_config
-    from vqforge.eval.evaluator import evaluate
-    from vqforge.utils import unwrap_model
-    from vqforge.train.build import build_run
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
 
-    cfg = parse_config(case_config(name, steps))
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="vqforge-quality-") as tmp:
-        run = build_run(cfg, Path(tmp) / "run")
-        trainer = run.trainer
-        for _ in range(steps):
-            trainer.train_step()
-        run.logger.close()
-        train_s = time.perf_counter() - t0
-        model = unwrap_model(trainer.model)
-        crops = heldout_crops(scales)
+
+def _set_rng_state(state: tuple) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state[0])
+    np.random.set_state(state[1])
+    random.setstate(state[2])
+
+
+class Case:
+    """One configuration's training run (vqforge's `build_run` + `Trainer.train_step()`) and its measurement.
+
+    Each case keeps its own copy of the process-global random states (torch, numpy, random), swapped in around its
+    steps, so that cases trained in lockstep in one process are step for step the runs each would be alone."""
+
+    def __init__(self, name: str, steps: int, run_dir: Path):
+        import torch
+
+        torch.set_num_threads(1)
+        from vqforge.config import parse_config
+        from vqforge.train.build import build_run
+
+        self.name, self.steps = name, steps
+        self.run = build_run(parse_config(case_config(name, steps)), run_dir)
+        self.trainer = self.run.trainer
+        self.rng = _rng_state()  # build_run has just seeded them: the state a lone run starts its steps from
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+
+    @property
+    def step(self) -> int:
+        return int(self.trainer.counters.step)
+
+    def train_step(self) -> None:
+        _set_rng_state(self.rng)
+        t0 = time.perf_counter()
+        self.trainer.train_step()
+        self.train_seconds += time.perf_counter() - t0
+        self.rng = _rng_state()
+
+    def close(self) -> None:
+        self.run.logger.close()
+
+    def measure(self, crops, extra) -> dict:
+        """Held-out PSNR/SSIM/bpp on `crops`; usage, perplexity and dead codes over the tokens of `crops` and, when
+        K is more than a quarter of those, also of `extra` (encode only). The model's train/eval mode is restored."""
+        import torch
+
+        from vqforge.eval.evaluator import evaluate
+        from vqforge.utils import unwrap_model
+
+        t0 = time.perf_counter()
+        _set_rng_state(self.rng)  # evaluation draws no random numbers in eval mode; keep the stream untouched anyway
+        model = unwrap_model(self.trainer.model)
+        was_training = model.training
         batches = (crops[i:i + 32] for i in range(0, len(crops), 32))
         result = evaluate(model, batches)
         counts = result.usage_counts[0].clone().to(torch.int64)
         k = counts.numel()
-        if k > len(crops) * 256 // 4 and usage_scales:
+        if k > len(crops) * 256 // 4 and extra is not None and len(extra):
             # tokens of the PSNR set alone are too few for K codes: count more held-out tokens (encode only)
             model.eval()
-            extra = heldout_crops(usage_scales)
             with torch.no_grad():
                 for i in range(0, len(extra), 32):
                     idx = model.encode(extra[i:i + 32])
                     counts += torch.bincount(idx.reshape(-1), minlength=k)
-    lvl = result.codebook[0]
-    n = int(counts.sum())
-    p = counts[counts > 0].double() / n
-    entropy_bits = float(-(p * p.log2()).sum())
-    return {
-        "name": name, "quantizer": name.rsplit("-", 1)[0], "K": k, "embed_dim": CASES[name][2], "steps": steps,
-        "psnr": result.psnr, "ssim": result.ssim, "bpp": result.bpp, "psnr_crops": result.num_images,
-        # usage over all counted held-out tokens (the PSNR crops plus, at large K, the extra encode-only tiles)
-        "usage": float((counts > 0).double().mean()), "used": int((counts > 0).sum()),
-        "dead": int((counts == 0).sum()), "perplexity": 2.0**entropy_bits, "entropy_bits": entropy_bits,
-        "heldout_tokens": n, "usage_psnr_set": lvl.usage, "tokens_psnr_set": lvl.tokens,
-        # what a code drawn uniformly at random would use on n tokens: 1 - (1 - 1/K)^n
-        "usage_uniform": 1.0 - (1.0 - 1.0 / k) ** n,
-        "train_seconds": train_s, "eval_seconds": time.perf_counter() - t0 - train_s,
-    }
+        model.train(was_training)
+        self.rng = _rng_state()
+        self.eval_seconds += time.perf_counter() - t0
+        lvl = result.codebook[0]
+        n = int(counts.sum())
+        p = counts[counts > 0].double() / n
+        entropy_bits = float(-(p * p.log2()).sum())
+        return {
+            "name": self.name, "quantizer": self.name.rsplit("-", 1)[0], "K": k, "embed_dim": CASES[self.name][2],
+            "steps": self.steps, "step": self.step,
+            "psnr": result.psnr, "ssim": result.ssim, "bpp": result.bpp, "psnr_crops": result.num_images,
+            # usage over all counted held-out tokens (the PSNR crops plus, at large K, the extra encode-only tiles)
+            "usage": float((counts > 0).double().mean()), "used": int((counts > 0).sum()),
+            "dead": int((counts == 0).sum()), "perplexity": 2.0**entropy_bits, "entropy_bits": entropy_bits,
+            "heldout_tokens": n, "usage_psnr_set": lvl.usage, "tokens_psnr_set": lvl.tokens,
+            # what a code drawn uniformly at random would use on n tokens: 1 - (1 - 1/K)^n
+            "usage_uniform": 1.0 - (1.0 - 1.0 / k) ** n,
+            "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+        }
+
+
+def run_cases(names: list[str], steps: int, scales: list[int], usage_scales: list[int], eval_at: list[int],
+              on_result, log_every: int = 50) -> None:
+    """Train `names` in lockstep (one step of each in turn, one thread) for `steps` steps; after each step in
+    `eval_at` (and after the last) measure every case on the held-out crops and call on_result(row). A row's `step`
+    is the step it was measured after and `steps` the length of its learning-rate schedule: an intermediate row is a
+    model in the middle of its cosine schedule, not one trained for `step` steps alone."""
+    crops = heldout_crops(scales)
+    extra = heldout_crops(usage_scales) if usage_scales else None
+    checkpoints = sorted({s for s in eval_at if 0 < s < steps} | {steps})
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vqforge-quality-") as tmp:
+        cases = [Case(name, steps, Path(tmp) / name) for name in names]
+        for step in range(1, steps + 1):
+            for case in cases:
+                case.train_step()
+            if step % log_every == 0:
+                print(f"step {step}/{steps}: " + ", ".join(f"{c.name} {c.train_seconds / step:.2f} s/step"
+                                                           for c in cases)
+                      + f"; {(time.perf_counter() - t0) / 60:.1f} min, load {os.getloadavg()[0]:.1f}", flush=True)
+            if step in checkpoints:
+                for case in cases:
+                    on_result(case.measure(crops, extra))
+        for case in cases:
+            case.close()
 
 
 def markdown(rows: list[dict]) -> str:
@@ -199,10 +278,47 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path)
 
 
+def plot_curve(points: list[dict], path: Path) -> None:
+    """Held-out usage and PSNR against the step each was measured after, one line per configuration."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    names = [n for n in ORDER if any(p["name"] == n for p in points)]
+    for col, (key, label) in enumerate((("usage", "held-out codebook usage (%)"), ("psnr", "held-out PSNR (dB)"))):
+        ax = fig.add_subplot(1, 2, col + 1)
+        for name in names:
+            pts = sorted((p["step"], p[key]) for p in points if p["name"] == name)
+            ax.plot([s for s, _ in pts], [100 * v if key == "usage" else v for _, v in pts], marker="o", label=name)
+        if key == "usage":
+            ax.set_ylim(0, 105)
+            ax.axhline(98, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("training step")
+        ax.set_title(label)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def curve_markdown(points: list[dict]) -> str:
+    """Usage and PSNR against the step each was measured after, one row per (quantizer, K, step)."""
+    out = ["| quantizer | K | step / schedule | held-out PSNR (dB) | usage | used / K | held-out tokens N "
+           "| uniform code on N | perplexity |", "|" + "---|" * 9]
+    for r in sorted(points, key=lambda r: (ORDER.index(r["name"]), r["step"])):
+        out.append(f"| {r['quantizer']} | {r['K']:,} | {r['step']} / {r['steps']} | {r['psnr']:.2f} "
+                   f"| {100 * r['usage']:.1f}% | {r['used']:,} / {r['K']:,} | {r['heldout_tokens']:,} "
+                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--jobs", type=int, default=1, help="configurations trained at once (one thread each)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="processes (one thread each); 1 trains every configuration in lockstep in this process")
+    ap.add_argument("--eval-at", type=int, nargs="*", default=[],
+                    help="also measure every configuration after these steps (the usage curve); the last step always")
     ap.add_argument("--scales", type=int, nargs="+", default=[128, 256, 400],
                     help="shorter sides of the held-out photos for the PSNR/SSIM crops (no upsampling)")
     ap.add_argument("--usage-scales", type=int, nargs="*", default=list(range(136, 401, 24)),
@@ -213,7 +329,8 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.case:
-        print("RESULT " + json.dumps(run_case(args.case, args.steps, args.scales, args.usage_scales)), flush=True)
+        run_cases([args.case], args.steps, args.scales, args.usage_scales, args.eval_at,
+                  lambda r: print("RESULT " + json.dumps(r), flush=True))
         return
 
     names = [n for n in ORDER if args.only is None or n in args.only]
@@ -221,50 +338,65 @@ def main() -> None:
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     results: dict[str, dict] = {}
+    points: list[dict] = []
 
     def write() -> list[dict]:
         rows = [results[n] for n in names if n in results]
-        meta = {"steps": args.steps, "jobs": args.jobs, "scales": args.scales, "usage_scales": args.usage_scales,
+        meta = {"steps": args.steps, "jobs": args.jobs, "eval_at": args.eval_at, "scales": args.scales,
+                "usage_scales": args.usage_scales, "configurations": names,
                 "wall_seconds": time.perf_counter() - t0, "load_average_start": load0,
                 "load_average_end": os.getloadavg(), "cpus": os.cpu_count(), "threads_per_run": 1}
-        (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-        (args.out / "quality.md").write_text(markdown(rows) + "\n")
+        (args.out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows, "curve": points},
+                                                          indent=2) + "\n")
+        text = markdown(rows) + "\n"
+        if len({p["step"] for p in points}) > 1:
+            text += "\nUsage against training steps (measured during the runs above):\n\n" + curve_markdown(points) + "\n"
+        (args.out / "quality.md").write_text(text)
         return rows
 
-    def done(name: str, r: dict) -> None:
-        results[name] = r
-        print(f"{name}: PSNR {r['psnr']:.2f} dB, usage {100 * r['usage']:.1f}%, train {r['train_seconds']:.0f}s",
-              flush=True)
+    def done(r: dict) -> None:
+        points.append(r)
+        if r["step"] == r["steps"]:
+            results[r["name"]] = r
+        print(f"{r['name']} after {r['step']}/{r['steps']} steps: PSNR {r['psnr']:.2f} dB, usage "
+              f"{100 * r['usage']:.1f}% of {r['K']:,} on N = {r['heldout_tokens']:,}, train {r['train_seconds']:.0f}s, "
+              f"eval {r['eval_seconds']:.0f}s", flush=True)
         write()
 
     if args.jobs <= 1:
-        for name in names:
-            done(name, run_case(name, args.steps, args.scales, args.usage_scales))
+        run_cases(names, args.steps, args.scales, args.usage_scales, args.eval_at, done)
     else:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
         pending, running = list(names), []
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                name = pending.pop(0)
-                cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--scales",
-                       *map(str, args.scales), "--usage-scales", *map(str, args.usage_scales)]
-                running.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                       text=True, env=env)))
-            time.sleep(1.0)
-            for name, proc in list(running):
-                if proc.poll() is None:
-                    continue
-                running.remove((name, proc))
-                text = proc.stdout.read() if proc.stdout else ""
-                line = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
-                if proc.returncode != 0 or not line:
-                    print(f"{name}: FAILED (exit {proc.returncode})\n{text[-3000:]}", flush=True)
-                    continue
-                done(name, json.loads(line[-1][len("RESULT "):]))
+        with tempfile.TemporaryDirectory(prefix="vqforge-quality-logs-") as logs:
+            while pending or running:
+                while pending and len(running) < args.jobs:
+                    name = pending.pop(0)
+                    cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--scales",
+                           *map(str, args.scales), "--usage-scales", *map(str, args.usage_scales),
+                           "--eval-at", *map(str, args.eval_at)]
+                    log = open(Path(logs) / f"{name}.log", "w+")  # a file, not a pipe: a full pipe would block
+                    running.append((name, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                                text=True, env=env)))
+                time.sleep(1.0)
+                for name, log, proc in list(running):
+                    if proc.poll() is None:
+                        continue
+                    running.remove((name, log, proc))
+                    log.seek(0)
+                    text = log.read()
+                    log.close()
+                    lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+                    if proc.returncode != 0 or not lines:
+                        print(f"{name}: FAILED (exit {proc.returncode})\n{text[-3000:]}", flush=True)
+                    for line in lines:
+                        done(json.loads(line[len("RESULT "):]))
     rows = write()
     if rows:
         plot(rows, args.out / "quality.png")
+    if len({p["step"] for p in points}) > 1:
+        plot_curve(points, args.out / "quality_curve.png")
     print(markdown(rows))
     load1 = os.getloadavg()
     print(f"\n{len(rows)}/{len(names)} configurations, {(time.perf_counter() - t0) / 60:.1f} min wall, "
