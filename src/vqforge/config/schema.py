@@ -28,8 +28,6 @@ FAMILY_ALIASES: dict[str, Family] = {
     "emavq": "taming",
     "TamingVQModel": "taming",
     "taming_vqmodel": "taming",
-    # vqforge's own fast family: linear patch transforms with gated residual blocks (models/patch.py)
-    "patch": "patch",
     "vqvae2": "vqvae2",
     "VQVAE2": "vqvae2",
     # VQ-VAE-2 with optimal-transport (Sinkhorn) code assignment
