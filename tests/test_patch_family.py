@@ -142,3 +142,15 @@ def test_train_export_and_from_pretrained(tmp_path):
         torch.testing.assert_close(model.decode(idx), model(x).reconstruction)
     # the previous system has no such network: its export format refuses it with a fix
     assert main(["export", str(run), "--out", str(tmp_path / "user"), "--format", "user"]) == 2
+
+
+def test_channel_settings_reach_the_network():
+    torch.manual_seed(0)
+    wide = build_model(patch_cfg(channels=64))
+    assert wide.encoder.conv_in.out_channels == 64 and wide.decoder.conv_out.in_channels == 64
+    assert wide.quant_conv.in_channels == 64 and wide.post_quant_conv.out_channels == 64
+    grey = build_model(patch_cfg(in_channels=1, out_channels=2)).eval()
+    with torch.no_grad():
+        y = grey(torch.rand(2, 1, 8, 8) * 2 - 1).reconstruction
+    assert y.shape == (2, 2, 8, 8)
+    assert grey.encoder.conv_in.in_channels == 1 * 4 * 4
