@@ -229,6 +229,11 @@ class VQVAE2Config:
         """Input pixels per coarsest-level token along each side: the product of scaling_rates."""
         return math.prod(self.scaling_rates)
 
+    @property
+    def downsample_factor(self) -> int:
+        """Input pixels per token of the coarsest level along each side (`total_downsample`)."""
+        return self.total_downsample
+
 
 # quantizer type each taming variant implies; VQModel (taming's base model) also takes any explicit type
 VARIANT_QUANTIZER: dict[str, str] = {"VQModel": "vq", "EMAVQ": "ema", "GumbelVQ": "gumbel", "PQEMAVQ": "product"}
@@ -397,6 +402,10 @@ class DalleVQVAEConfig:
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channels) - 2)
 
+    @property
+    def in_channels(self) -> int:
+        return self.input_channels
+
     def check(self, path: str) -> None:
         p = path or "dalle_vqvae"
         require(self.input_channels >= 1, f"{p}.input_channels", "must be >= 1", "use 3 for RGB")
@@ -433,27 +442,22 @@ class ModelConfig:
         return self.vqvae2_optvq if self.family == "vqvae2_optvq" else self.vqvae2
 
     @property
+    def network(self) -> "DDConfig | VQVAE2Config | DalleVQVAEConfig | PatchConfig":
+        """The section that configures this family's encoder and decoder."""
+        if self.family in HIERARCHICAL_FAMILIES:
+            return self.arch
+        return {"dalle_vqvae": self.dalle_vqvae, "patch": self.patch}.get(self.family, self.ddconfig)
+
+    @property
     def downsample_factor(self) -> int:
         """What input height and width must be divisible by: input pixels per token along each side (for the
         hierarchical families, per token of the coarsest level)."""
-        if self.family in HIERARCHICAL_FAMILIES:
-            return self.arch.total_downsample
-        if self.family == "dalle_vqvae":
-            return self.dalle_vqvae.downsample_factor
-        if self.family == "patch":
-            return self.patch.factor
-        return self.ddconfig.downsample_factor
+        return self.network.downsample_factor
 
     @property
     def in_channels(self) -> int:
         """Channels of the model's input images."""
-        if self.family in HIERARCHICAL_FAMILIES:
-            return self.arch.in_channels
-        if self.family == "dalle_vqvae":
-            return self.dalle_vqvae.input_channels
-        if self.family == "patch":
-            return self.patch.in_channels
-        return self.ddconfig.in_channels
+        return self.network.in_channels
 
     def check_resolution(self, size: int, field: str) -> None:
         """ConfigError at `field` unless images of size x size can be encoded (divisible by `downsample_factor`)."""
