@@ -12,7 +12,8 @@ fraction of the cost of a VQGAN encoder/decoder that convolves at full resolutio
 (f 4, 128 channels, 2 blocks per side) trains at several steps per second on two CPU cores.
 
 The quantizer is chosen as in the taming family (`model.variant` VQModel/EMAVQ/GumbelVQ/PQEMAVQ, or
-`model.quantizer.type`; residual VQ with `rvq_levels`) and built by the same code, and the module exposes the same tokenizer API (`encode`, `decode`, `forward`, depth prefixes).
+`model.quantizer.type`; residual VQ with `rvq_levels`) and built by the same code, and the module exposes the same
+tokenizer API (`encode`, `decode`, `forward`, depth prefixes).
 """
 
 from __future__ import annotations
