@@ -161,10 +161,9 @@ class OptVQQuantizer(Quantizer):
     user's checkpoint keys `vq_vae.optvq_quantizer.*` load as they are)."""
 
     def __init__(self, n_embed: int, embed_dim: int, beta: float, use_proj: bool):
-        super().__init__()
+        super().__init__(n_embed, embed_dim)
         self.optvq_quantizer = SinkhornQuantizer(n_embed, embed_dim, epsilon=10.0, n_iters=5, normalize_mode="all",
                                                  use_prob=True, beta=beta, loss_q_type="l2", use_proj=use_proj)
-        self.num_codes = n_embed
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         return self.optvq_quantizer(z)

@@ -37,7 +37,13 @@ class Quantizer(nn.Module):
     calling a quantizer also takes sequences and video, channel-first or channel-last (layout.py)."""
 
     num_codes: int  # K, codebook size (per level)
+    embed_dim: int  # C, channels of the input and of the quantized output
     depth: int = 1  # D, number of residual levels
+
+    def __init__(self, num_codes: int, embed_dim: int) -> None:
+        super().__init__()
+        self.num_codes = num_codes
+        self.embed_dim = embed_dim
 
     def __call__(self, z: torch.Tensor, *, channel_last: bool = False) -> QuantizerOutput:
         """Quantize (B, C, H, W), (B, C, N) or (B, C, T, H, W) features, or with channel_last=True (B, H, W, C),
@@ -211,9 +217,7 @@ class CodebookQuantizer(Quantizer):
         """K codes for `embed_dim`-channel inputs and the code space every nearest-neighbour quantizer shares
         (factorised codes of `codebook_dim` columns, cosine codes). The subclass then creates its codebook of
         `code_width` columns, and last its maintenance (`_init_maintenance`: its keys come after the codebook's)."""
-        super().__init__()
-        self.num_codes = num_codes
-        self.embed_dim = embed_dim
+        super().__init__(num_codes, embed_dim)
         self.cosine = cosine
         self.code_width = embed_dim if codebook_dim is None else codebook_dim  # the codebook's columns
         if self.code_width < 1:

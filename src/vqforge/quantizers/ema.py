@@ -52,10 +52,9 @@ class EMACodebook(nn.Module):
         smoothing: a new code stands for `counts` vectors per step."""
         codes = update.codes.to(self.weight.dtype)
         size = update.counts.to(self.cluster_size.dtype).clamp_min(1.0)
-        rows = slice(None) if update.mask is None else update.mask
-        self.weight[rows] = codes
-        self.cluster_size[rows] = size
-        self.embed_avg[rows] = codes * size[:, None]
+        update.write(self.weight, codes)
+        update.write(self.cluster_size, size)
+        update.write(self.embed_avg, codes * size[:, None])
 
     def extra_repr(self) -> str:
         return f"num_codes={self.weight.shape[0]}, embed_dim={self.weight.shape[1]}, decay={self.decay}, eps={self.eps}"

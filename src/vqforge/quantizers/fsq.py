@@ -33,14 +33,12 @@ class FSQuantizer(Quantizer):
     """FSQ over `levels` (e.g. [8, 8, 8, 5, 5, 5]: K = 64,000); input/output (B, embed_dim, H, W), indices (B, H, W)."""
 
     def __init__(self, levels: Sequence[int], embed_dim: int):
-        super().__init__()
         levels = [int(v) for v in levels]
         if not levels or any(v < 2 for v in levels):
             raise ValueError(f"FSQ levels must be integers >= 2, got {levels}")
+        super().__init__(math.prod(levels), embed_dim)
         self.levels = levels
         self.dim = len(levels)
-        self.embed_dim = embed_dim
-        self.num_codes = math.prod(levels)
         lv = torch.tensor(levels, dtype=torch.float64)
         half = (lv - 1) * (1 - _EPS) / 2
         offset = torch.where(lv % 2 == 0, 0.5, 0.0)

@@ -56,10 +56,8 @@ class GumbelQuantizer(Quantizer):
         temperature_anneal_steps: int = 0,
         temperature_schedule: Schedule = "cosine",
     ):
-        super().__init__()
-        self.num_codes = n_embed
+        super().__init__(n_embed, embed_dim)
         self.in_channels = in_channels
-        self.embed_dim = embed_dim
         self.kl_weight = kl_weight
         self.straight_through = straight_through
         self.temperature_start = temperature_start

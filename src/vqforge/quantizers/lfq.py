@@ -129,15 +129,13 @@ class LookupFreeQuantizer(Quantizer):
         temperature: float = 0.01,
         entropy_groups: int = 1,
     ):
-        super().__init__()
+        super().__init__(n_embed, embed_dim)
         bits = int(round(math.log2(n_embed))) if n_embed > 1 else 0
         if n_embed < 2 or 1 << bits != n_embed:
             raise ValueError(f"LFQ needs a codebook size that is a power of two, got {n_embed}")
         if not 1 <= entropy_groups <= bits:
             raise ValueError(f"LFQ entropy_groups must be in [1, {bits}] (one per bit at most), got {entropy_groups}")
-        self.num_codes = n_embed
         self.bits = bits
-        self.embed_dim = embed_dim
         self.beta = beta
         self.sample_entropy_weight = sample_entropy_weight
         self.batch_entropy_weight = batch_entropy_weight

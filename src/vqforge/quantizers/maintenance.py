@@ -4,9 +4,13 @@ Both features are off by default. Their state (the k-means "done" flag, the per-
 registered as buffers only when the feature is on, so a quantizer with maintenance off has exactly
 taming-transformers' state-dict keys and loads its checkpoints strictly.
 
-Randomness (k-means seeding, restart samples) is drawn from the global CPU torch generator, so it follows the run
-seed and does not depend on the device. Under DDP every rank runs the same computation (keeping the ranks' RNG
-streams in step) and then rank 0's result is broadcast, so the codebook stays identical on every rank.
+Randomness follows the run seed: k-means seeding draws from the global CPU torch generator (so the initial codebook
+does not depend on the device), restart samples from the generator of the encoder outputs' device (the trainer
+checkpoints both). Under DDP every rank runs the same computation (keeping the ranks' RNG streams in step) and then
+rank 0's result is broadcast, so the codebook stays identical on every rank.
+
+Restarts never read the device from the host: each training forward draws a candidate row for every code and writes
+it where the code is dead (`torch.where`), so the number of dead codes is never needed on the host.
 """
 
 from __future__ import annotations
@@ -89,14 +93,22 @@ def kmeans(data: torch.Tensor, num_codes: int, iters: int) -> tuple[torch.Tensor
 
 @dataclass
 class CodeUpdate:
-    """New codebook rows chosen by maintenance: write `codes` into the rows selected by `mask` (None = all rows).
+    """New codebook rows chosen by maintenance: row k of `codes` replaces code k where `mask[k]` (every row where
+    `mask` is None); the other rows of `codes` are ignored.
 
-    `counts` (same rows) is the number of vectors each new code stands for per batch; EMA codebooks use it to set
+    `counts` (K,) is the number of vectors each new code stands for per batch; EMA codebooks use it to set
     cluster_size/embed_avg consistently."""
 
-    codes: torch.Tensor  # (M, C)
+    codes: torch.Tensor  # (K, C)
     mask: torch.Tensor | None  # (K,) bool, or None for the whole codebook
-    counts: torch.Tensor  # (M,)
+    counts: torch.Tensor  # (K,)
+
+    def write(self, target: torch.Tensor, new: torch.Tensor) -> None:
+        """target[k] = new[k] for the selected rows k, in place, with no host read (no boolean indexing)."""
+        if self.mask is None:
+            target.copy_(new)
+        else:
+            target.copy_(torch.where(self.mask.view(-1, *(1,) * (target.dim() - 1)), new, target))
 
 
 # k-means initialisation waits for at least this many encoder vectors per code (over all ranks)
@@ -193,19 +205,22 @@ class CodebookMaintenance(nn.Module):
 
     def restart_step(self, counts: torch.Tensor, samples: torch.Tensor) -> CodeUpdate | None:
         """Count steps since each code was used (counts (K,) of this step, summed over ranks here); codes unused for
-        `restart_unused_steps` steps get random rows of `samples` (N, C), this step's encoder outputs."""
+        `restart_unused_steps` steps get random rows of `samples` (N, C), this step's encoder outputs, drawn without
+        replacement while N >= K.
+
+        Every call draws a candidate for every code and returns them with the dead codes as the mask, so deciding
+        whether any code is dead needs no host read; under DDP the candidates (K, C) are broadcast from rank 0 each
+        step, as large as the EMA statistics that are all-reduced each step anyway."""
         steps = self.cfg.restart_unused_steps
         if steps <= 0:
             return None
         used = distributed.all_reduce_sum(counts.detach().float().clone()) > 0
         self.steps_unused.add_(1).masked_fill_(used, 0)
         dead = self.steps_unused >= steps  # (K,)
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return None
         n = samples.shape[0]
-        pick = torch.randperm(n)[:n_dead] if n >= n_dead else torch.randint(0, n, (n_dead,))
-        codes = samples.detach().float()[pick.to(samples.device)].clone()  # (n_dead, C)
+        order = torch.randperm(n, device=samples.device)
+        pick = order[torch.arange(self.num_codes, device=samples.device) % n]  # (K,): distinct rows while N >= K
+        codes = samples.detach().float()[pick]  # (K, C)
         distributed.broadcast(codes)
         self.steps_unused.masked_fill_(dead, 0)
-        return CodeUpdate(codes=codes, mask=dead, counts=torch.ones(n_dead, device=codes.device))
+        return CodeUpdate(codes=codes, mask=dead, counts=torch.ones(self.num_codes, device=codes.device))

@@ -40,11 +40,9 @@ class ProductEMAQuantizer(Quantizer):
 
     def __init__(self, n_embed: int, embed_dim: int, num_subspaces: int, beta: float = 0.25, decay: float = 0.99,
                  eps: float = 1e-5, maintenance: MaintenanceConfig | None = None):
-        super().__init__()
         if num_subspaces < 1 or embed_dim % num_subspaces:
             raise ValueError(f"embed_dim {embed_dim} must be a positive multiple of num_subspaces {num_subspaces}")
-        self.num_codes = n_embed
-        self.embed_dim = embed_dim
+        super().__init__(n_embed, embed_dim)
         self.num_subspaces = num_subspaces
         self.sub_dim = embed_dim // num_subspaces
         self.beta = beta

@@ -55,14 +55,12 @@ class ResidualVectorQuantizer(Quantizer):
         maintenance: MaintenanceConfig | None = None,
         quantize_dropout: float = 0.0,
     ):
-        super().__init__()
+        super().__init__(n_embed, embed_dim)
         if levels < 1:
             raise ValueError(f"ResidualVectorQuantizer needs levels >= 1, got {levels}")
         if kind not in ("vq", "ema"):
             raise ValueError(f"unknown inner quantizer kind {kind!r}; use 'vq' or 'ema'")
-        self.num_codes = n_embed
         self.depth = levels
-        self.embed_dim = embed_dim
         self.kind = kind
         self.shared_codebook = shared_codebook
         # random-depth training (depth.py): probability that a training forward quantizes only a random prefix

@@ -27,6 +27,8 @@ vqforge options on top (all off by default, so the default is the user's algorit
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .assign import code_counts, code_sums, nearest_code
@@ -34,23 +36,14 @@ from .base import (QuantizerOutput, flatten_channels_last, level_code_stats, sta
                    sum_level_codes, unflatten_channels_last)
 from .depth import random_prefix_depth
 from .ema import EMAVectorQuantizer
-from .maintenance import MaintenanceConfig
 
 class ResidualEMAVectorQuantizer(EMAVectorQuantizer):
     """D-depth residual VQ over one shared EMA codebook; the user's RVQ-VQGAN quantizer plus vqforge options."""
 
-    def __init__(
-        self,
-        levels: int,
-        n_embed: int,
-        embed_dim: int,
-        beta: float = 0.25,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        maintenance: MaintenanceConfig | None = None,
-        quantize_dropout: float = 0.0,
-    ):
-        super().__init__(n_embed, embed_dim, beta=beta, decay=decay, eps=eps, maintenance=maintenance)
+    def __init__(self, levels: int, n_embed: int, embed_dim: int, *, quantize_dropout: float = 0.0,
+                 **codebook_options: Any):
+        """`codebook_options` are the shared codebook's: beta, decay, eps, maintenance (EMAVectorQuantizer)."""
+        super().__init__(n_embed, embed_dim, **codebook_options)
         if levels < 1:
             raise ValueError(f"ResidualEMAVectorQuantizer needs levels >= 1, got {levels}")
         if not 0.0 <= quantize_dropout <= 1.0:

@@ -27,9 +27,7 @@ class SimVQuantizer(Quantizer):
     """Nearest-neighbour VQ against proj(codebook); the random `codebook` is frozen, `proj` is learned."""
 
     def __init__(self, n_embed: int, embed_dim: int, beta: float = 0.25, codebook_std: float | None = None):
-        super().__init__()
-        self.num_codes = n_embed
-        self.embed_dim = embed_dim
+        super().__init__(n_embed, embed_dim)
         self.beta = beta
         # the paper's initialisation: N(0, 1/d), so a code's norm is about 1 whatever d is
         self.codebook_std = embed_dim**-0.5 if codebook_std is None else codebook_std

@@ -71,13 +71,11 @@ class SinkhornQuantizer(Quantizer):
     def __init__(self, n_embed: int, embed_dim: int, epsilon: float = 10.0, n_iters: int = 5,
                  normalize_mode: NormalizeMode = "all", use_prob: bool = True, beta: float = 1.0,
                  loss_q_type: LossType = "ce", use_proj: bool = True):
-        super().__init__()
+        super().__init__(n_embed, embed_dim)
         if normalize_mode not in ("all", "dim", "null"):
             raise ValueError(f"normalize_mode must be 'all', 'dim' or 'null', got {normalize_mode!r}")
         if loss_q_type not in ("ce", "l2", "l1"):
             raise ValueError(f"loss_q_type must be 'ce', 'l2' or 'l1', got {loss_q_type!r}")
-        self.num_codes = n_embed
-        self.embed_dim = embed_dim
         self.epsilon = epsilon
         self.n_iters = n_iters
         self.normalize_mode = normalize_mode

@@ -45,11 +45,7 @@ class VectorQuantizer(CodebookQuantizer):
     @torch.no_grad()
     def _write_codes(self, update: CodeUpdate) -> None:
         w = self.embedding.weight
-        codes = update.codes.to(w.dtype)
-        if update.mask is None:
-            w.copy_(codes)
-        else:
-            w[update.mask] = codes
+        update.write(w, update.codes.to(w.dtype))
 
     def extra_repr(self) -> str:
         return (f"n_embed={self.num_codes}, embed_dim={self.embed_dim}, beta={self.beta}, legacy={self.legacy}, "
