@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 
 from vqforge import distributed
+from vqforge.config import parse_config
+from vqforge.config.effects import ineffective
 from vqforge.config.schema import QuantizerConfig
 from vqforge.errors import ConfigError
 from vqforge.quantizers import (
@@ -527,6 +528,31 @@ def test_dead_codes_restart_after_n_steps_and_not_before(cls: type) -> None:
     assert q.maintenance.steps_unused.tolist() == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("min_uses", [1, 2])
+def test_restart_min_uses_also_restarts_rare_codes(min_uses: int) -> None:
+    """A code that takes one vector per step counts as used with restart_min_uses 1 and stays; with 2 it is rare
+    and is re-seeded. Codes that take many vectors stay either way."""
+    torch.manual_seed(0)
+    q = EMAVectorQuantizer(3, 2, maintenance=MaintenanceConfig(restart_unused_steps=2,
+                                                                 restart_min_uses=min_uses)).train()
+    book = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    with torch.no_grad():
+        q.codebook.copy_(book)
+        q.embedding.embed_avg.copy_(book)
+        q.embedding.cluster_size.fill_(1.0)
+    for _ in range(2):
+        x = torch.cat([0.01 * torch.randn(8, 2), 10.0 + 0.01 * torch.randn(8, 2) * torch.tensor([1.0, 0.0]),
+                       torch.tensor([[0.0, 10.0]])])  # code 2 takes exactly one vector per step
+        x[8:16, 1] = 0.0
+        q(as_map(x))
+    rare = q.codebook.detach()[2]
+    if min_uses == 1:
+        assert torch.allclose(rare, torch.tensor([0.0, 10.0]), atol=1e-3)
+    else:
+        assert ((x - rare).abs().max(dim=1).values == 0).any() and not torch.allclose(rare, torch.tensor([0.0, 10.0]))
+    assert q.codebook.detach()[0].abs().max() < 0.1 and (q.codebook.detach()[1] - book[1]).abs().max() < 0.1
+
+
 def run_restart(seed: int) -> torch.Tensor:
     torch.manual_seed(seed)
     q = VectorQuantizer(8, 2, maintenance=MaintenanceConfig(restart_unused_steps=1)).train()
@@ -813,3 +839,16 @@ def test_residual_levels_run_kmeans_in_order() -> None:
         assert len(l1._collected) == 1 and torch.equal(l1._collected[0], expected)
         q(batches[2])
         assert not l1.kmeans_pending()  # kmeans_batches = 2 forwards after level 0's
+
+
+def test_restart_min_uses_from_the_config_and_its_checks():
+    base = {"family": "taming", "variant": "EMAVQ", "n_embed": 16, "embed_dim": 8}
+    cfg = parse_config({"model": {**base, "quantizer": {"restart_unused_steps": 2, "restart_min_uses": 3}}})
+    q = build_quantizer("EMAVQ", cfg.model.quantizer, 16, 8, 8)
+    assert (q.maintenance.cfg.restart_unused_steps, q.maintenance.cfg.restart_min_uses) == (2, 3)
+    assert not [p for p, _ in ineffective(cfg) if "restart" in p]
+    # without restarts the setting does nothing, and says so
+    off = parse_config({"model": {**base, "quantizer": {"restart_min_uses": 3}}})
+    assert [p for p, _ in ineffective(off) if "restart" in p] == ["model.quantizer.restart_min_uses"]
+    with pytest.raises(ConfigError, match="restart_min_uses.*must be >= 1"):
+        parse_config({"model": {**base, "quantizer": {"restart_unused_steps": 2, "restart_min_uses": 0}}})

@@ -18,7 +18,8 @@ _Q = "model.quantizer."
 EMA_FIELDS = (_Q + "decay", _Q + "eps")
 GUMBEL_FIELDS = tuple(_Q + f for f in ("kl_weight", "straight_through", "temperature_start", "temperature_end",
                                       "temperature_anneal_steps", "temperature_schedule"))
-MAINTENANCE_FIELDS = tuple(_Q + f for f in ("kmeans_init", "kmeans_iters", "kmeans_batches", "restart_unused_steps"))
+MAINTENANCE_FIELDS = tuple(_Q + f for f in ("kmeans_init", "kmeans_iters", "kmeans_batches", "restart_unused_steps",
+                                            "restart_min_uses"))
 RESIDUAL_FIELDS = (_Q + "rvq_levels", _Q + "shared_codebook")
 VALIDATION_FIELDS = ("data.val_batch_size", "data.max_val_samples", "train.validation_interval",
                      "train.val_max_batches", "train.best_metric")
@@ -121,6 +122,8 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
         flag(RESIDUAL_FIELDS, "model.family is vqvae2, which has one codebook per level")
     if not q.kmeans_init:
         flag([_Q + "kmeans_iters", _Q + "kmeans_batches"], "model.quantizer.kmeans_init is false")
+    if q.restart_unused_steps == 0:
+        flag([_Q + "restart_min_uses"], "model.quantizer.restart_unused_steps is 0 (restarts are off)")
     if q.rvq_levels == 1:
         flag([_Q + "shared_codebook"], "model.quantizer.rvq_levels is 1 (one codebook, nothing to share)")
         flag([_Q + "rvq_loss", _Q + "quantize_dropout"], "model.quantizer.rvq_levels is 1 (no residual depths)")

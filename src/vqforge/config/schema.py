@@ -147,6 +147,9 @@ class QuantizerConfig:
     # restart codes unused for this many training forwards (micro-batches, so grad_accum_steps x optimizer steps)
     # with recent encoder outputs; 0 = off
     restart_unused_steps: int = 0
+    # what "used" means for restarts: assigned at least this many vectors in a training forward (over all ranks);
+    # above 1, codes that stay rare are re-seeded too, not only codes that nobody takes
+    restart_min_uses: int = 1
     # which quantizer, for any family (README "Quantizers"); null = the one model.variant implies (VQModel: vq,
     # EMAVQ: ema, GumbelVQ: gumbel; rvq_levels > 1 makes those residual), VQ-VAE-2: ema
     type: QuantizerType | None = None
@@ -194,6 +197,8 @@ class QuantizerConfig:
         require(self.kmeans_iters >= 1, f"{p}.kmeans_iters", "must be >= 1", "use e.g. 10")
         require(self.kmeans_batches >= 1, f"{p}.kmeans_batches", "must be >= 1", "use e.g. 1")
         require(self.restart_unused_steps >= 0, f"{p}.restart_unused_steps", "must be >= 0", "use 0 to disable")
+        require(self.restart_min_uses >= 1, f"{p}.restart_min_uses", f"must be >= 1, got {self.restart_min_uses}",
+                "use 1 (restart codes nobody used) or more (also codes that stay rare)")
 
 
 @dataclass

@@ -36,6 +36,7 @@ class MaintenanceConfig:
     kmeans_iters: int = 10
     kmeans_batches: int = 1  # the first this-many training forwards feed the k-means initialisation
     restart_unused_steps: int = 0  # restart codes unused for this many training forwards; 0 = off
+    restart_min_uses: int = 1  # a code counts as used in a forward when it takes at least this many vectors
 
     @property
     def enabled(self) -> bool:
@@ -48,6 +49,7 @@ class MaintenanceConfig:
             kmeans_iters=cfg.kmeans_iters,
             kmeans_batches=cfg.kmeans_batches,
             restart_unused_steps=cfg.restart_unused_steps,
+            restart_min_uses=cfg.restart_min_uses,
         )
 
 
@@ -204,9 +206,9 @@ class CodebookMaintenance(nn.Module):
         return CodeUpdate(codes=centroids, mask=None, counts=counts)
 
     def restart_step(self, counts: torch.Tensor, samples: torch.Tensor) -> CodeUpdate | None:
-        """Count steps since each code was used (counts (K,) of this step, summed over ranks here); codes unused for
-        `restart_unused_steps` steps get random rows of `samples` (N, C), this step's encoder outputs, drawn without
-        replacement while N >= K.
+        """Count steps since each code was used (counts (K,) of this step, summed over ranks here; used = at least
+        `restart_min_uses` vectors); codes unused for `restart_unused_steps` steps get random rows of `samples` (N, C),
+        this step's encoder outputs, drawn without replacement while N >= K.
 
         Every call draws a candidate for every code and returns them with the dead codes as the mask, so deciding
         whether any code is dead needs no host read; under DDP the candidates (K, C) are broadcast from rank 0 each
@@ -214,7 +216,7 @@ class CodebookMaintenance(nn.Module):
         steps = self.cfg.restart_unused_steps
         if steps <= 0:
             return None
-        used = distributed.all_reduce_sum(counts.detach().float().clone()) > 0
+        used = distributed.all_reduce_sum(counts.detach().float().clone()) >= self.cfg.restart_min_uses
         self.steps_unused.add_(1).masked_fill_(used, 0)
         dead = self.steps_unused >= steps  # (K,)
         n = samples.shape[0]
