@@ -204,6 +204,28 @@ def test_sample_photos_split_and_stream():
     assert v.shape == (8, 1, 32, 32, 3)
 
 
+def test_sample_val_tiles_reach_the_validation_set():
+    """data.sample_val_tiles: n x n tiles of each held-out photo, each one validation image, row-major, named."""
+    import skimage.data as skd
+
+    _, val = sample_photo_split(None, 4)
+    coffee = skd.coffee()
+    h, w = coffee.shape[0] // 4, coffee.shape[1] // 4
+    assert len(val) == 32 and all(a.shape[:2] in ((h, w), (skd.chelsea().shape[0] // 4, skd.chelsea().shape[1] // 4))
+                                  for a in val)
+    assert np.array_equal(np.concatenate([np.concatenate(val[r * 4:(r + 1) * 4], 1) for r in range(4)], 0),
+                          coffee[:4 * h, :4 * w])
+    cfg = DataConfig(source="sample_photos", resolution=32, resize=32, val_batch_size=64, sample_val_tiles=4)
+    (v,) = list(build_val_loader(cfg))
+    assert v.shape == (32, 1, 32, 32, 3)
+    from vqforge.data.loader import _build_dataset
+
+    ds, _ = _build_dataset(cfg, "val", seed=0)
+    assert [it.name for it in ds.items][:2] == ["skimage.data.coffee tile 1/16", "skimage.data.coffee tile 2/16"]
+    with pytest.raises(ConfigError, match="sample_val_tiles"):
+        DataConfig(source="sample_photos", sample_val_tiles=0).check("data")
+
+
 def test_crop_flip_resize_and_shuffle_switches_reach_the_samples(image_dir):
     from PIL import Image
 

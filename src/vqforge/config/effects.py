@@ -139,7 +139,7 @@ def ineffective(cfg: Config) -> list[tuple[str, str]]:
     if data.source == "sample_photos":
         flag(["data.train", "data.val"], "data.source is sample_photos, which brings its own train/val split")
     else:
-        flag(["data.sample_photos"], "data.source is not sample_photos")
+        flag(["data.sample_photos", "data.sample_val_tiles"], "data.source is not sample_photos")
         if not data.val:
             flag(VALIDATION_FIELDS, "data.val is empty, so there is no validation")
     if data.sequence_length == 1 or data.use_images:

@@ -540,6 +540,9 @@ class DataConfig:
     source: Literal["files", "sample_photos"] = "files"  # sample_photos: scikit-image's bundled photos
     # source sample_photos: the training photos by name (a subset of the 10 training photos); null = all of them
     sample_photos: list[str] | None = None
+    # source sample_photos: validation cuts each held-out photo into n x n tiles, one validation image each (then
+    # resized and centre-cropped like any image): 2 gives 8 images; 4 with half the `resize` gives 32 at the same scale
+    sample_val_tiles: int = 2
     train: list[str] = field(default_factory=list)  # files, directories (recursive) or glob patterns
     val: list[str] = field(default_factory=list)
     use_images: bool = False  # group random images into pseudo-videos of sequence_length frames
@@ -587,6 +590,8 @@ class DataConfig:
                     f"list photos among {list(SAMPLE_PHOTOS_TRAIN)}, or null for all of them")
             require(len(set(names)) == len(names), f"{p}.sample_photos", f"names a photo twice: {names}",
                     "list each photo once")
+        require(self.sample_val_tiles >= 1, f"{p}.sample_val_tiles", f"must be >= 1, got {self.sample_val_tiles}",
+                "use e.g. 2 (2 x 2 tiles of each held-out photo)")
         require(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1", "use e.g. 4")
         require(self.val_batch_size is None or self.val_batch_size >= 1, f"{p}.val_batch_size", "must be >= 1", "use null")
         require(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0", "use 0 to load in the main process")

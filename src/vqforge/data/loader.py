@@ -68,9 +68,9 @@ def _build_dataset(cfg: DataConfig, split: str, seed: int) -> tuple[ClipDataset,
     paths = resolve_split(cfg, split)
     spec = _spec(cfg)
     if cfg.source == "sample_photos":
-        train_imgs, val_imgs = sample_photo_split(cfg.sample_photos)
+        train_imgs, val_imgs = sample_photo_split(cfg.sample_photos, cfg.sample_val_tiles)
         arrays = train_imgs if train else val_imgs
-        names = (cfg.sample_photos or SAMPLE_PHOTOS_TRAIN) if train else sample_photo_val_names()
+        names = (cfg.sample_photos or SAMPLE_PHOTOS_TRAIN) if train else sample_photo_val_names(cfg.sample_val_tiles)
         items = [Item("array", f"skimage.data.{n}", 1) for n in names]
         skipped: list[tuple[str, str]] = []
         ds = ClipDataset(items, spec, train=train, seed=seed, arrays=list(arrays), field=field)

@@ -21,8 +21,8 @@ from ..errors import ConfigError
 SAMPLE_PHOTOS_TRAIN: tuple[str, ...] = ("astronaut", "rocket", "hubble_deep_field", "retina", "camera", "clock",
                                         "brick", "grass", "gravel", "cell")
 SAMPLE_PHOTOS_VAL: tuple[str, ...] = ("coffee", "chelsea")
-# Each held-out photo is cut into VAL_TILES x VAL_TILES tiles; each tile is one validation image (centre-cropped
-# like any image), so validation sees 8 different crops of the 2 photos instead of 2.
+# Each held-out photo is cut into n x n tiles (data.sample_val_tiles, default VAL_TILES); each tile is one validation
+# image (resized and centre-cropped like any image), so validation sees 2·n² different crops of the 2 photos.
 VAL_TILES = 2
 
 SAMPLE_PHOTO_CREDITS: dict[str, str] = {
@@ -45,7 +45,8 @@ SAMPLE_PHOTO_ATTRIBUTION: str = (
     "public domain or dedicated to it under CC0:\n"
     + "\n".join(f"- {name} ({'validation' if name in SAMPLE_PHOTOS_VAL else 'training'}): {credit}"
                 for name, credit in SAMPLE_PHOTO_CREDITS.items())
-    + "\nGrayscale photos are repeated into three channels. Validation uses the 2x2 tiles of each held-out photo."
+    + "\nGrayscale photos are repeated into three channels. Validation uses n x n tiles of each held-out photo "
+    "(data.sample_val_tiles, default 2)."
 )
 
 
@@ -77,17 +78,17 @@ def _tiles(a: np.ndarray, n: int) -> list[np.ndarray]:
     return [a[r * h:(r + 1) * h, c * w:(c + 1) * w] for r in range(n) for c in range(n)]
 
 
-def sample_photo_val_names() -> list[str]:
+def sample_photo_val_names(tiles: int = VAL_TILES) -> list[str]:
     """Names of the validation images, in order: 'coffee tile 1/4', ... (row-major tiles of each held-out photo)."""
-    k = VAL_TILES * VAL_TILES
+    k = tiles * tiles
     return [f"{n} tile {i + 1}/{k}" for n in SAMPLE_PHOTOS_VAL for i in range(k)]
 
 
-def sample_photo_split(train_names: list[str] | tuple[str, ...] | None = None
+def sample_photo_split(train_names: list[str] | tuple[str, ...] | None = None, val_tiles: int = VAL_TILES
                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(train_images, val_images): uint8 (H, W, 3) arrays (read-only): the training photos `train_names` (default
-    all 10; `data.sample_photos`), and the 2 held-out photos cut into VAL_TILES x VAL_TILES tiles each (8 validation
-    images)."""
+    all 10; `data.sample_photos`), and the 2 held-out photos cut into val_tiles x val_tiles tiles each
+    (`data.sample_val_tiles`; 2: 8 validation images)."""
     photos = _load()
-    val = [t for n in SAMPLE_PHOTOS_VAL for t in _tiles(photos[n], VAL_TILES)]
+    val = [t for n in SAMPLE_PHOTOS_VAL for t in _tiles(photos[n], val_tiles)]
     return [photos[n] for n in (train_names or SAMPLE_PHOTOS_TRAIN)], val
