@@ -163,8 +163,8 @@ def test_ar_layout_checks_name_the_fix():
     with pytest.raises(ConfigError, match="nhead"):
         build_entropy_model("transformer_ar", vocab_size=K, d_model=16, nhead=3)
     mg = build_entropy_model("masked_groups", vocab_size=K, depth=2, d_model=16, num_layers=1, nhead=2)
-    with pytest.raises(ConfigError, match="depth 2"):
-        mg.check_layout(FrameLayout(1, 3, 4, K))
+    with pytest.raises(ConfigError, match="depth 2"):  # a prefix (depth 1) is fine, more depths are not
+        mg.check_layout(FrameLayout(3, 3, 4, K))
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

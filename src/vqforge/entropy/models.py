@@ -385,7 +385,8 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
         return dict(self.cfg)
 
     def check_layout(self, layout: FrameLayout) -> None:
-        if layout.vocab_size != self.vocab_size or layout.depth != self.depth:
+        # a prefix of the residual depths (the codec's --depth D) is coded like the first D depths of a full frame
+        if layout.vocab_size != self.vocab_size or not 1 <= layout.depth <= self.depth:
             raise ConfigError("entropy.model", f"the model codes depth {self.depth} x {self.vocab_size} symbols, the "
                               f"tokens are depth {layout.depth} x {layout.vocab_size}",
                               "train the entropy model on this tokenizer")
@@ -432,6 +433,11 @@ class MaskedGroupsTransformer(TrainableEntropyModel):
         -> logits (S, H·W, K), or with `cells` (n,) grid positions (row·W + column): (S, n, K) for these only (the
         last block, the norm and the head then run only where needed: a coding step's positions). prev_part: what
         `_prev_input(prev)` gives, when the caller already has it."""
+        if tokens.shape[1] < self.depth:  # a depth prefix: the deeper depths are unknown (their mask embeddings),
+            # exactly as while the first depths of a full frame are coded; the previous frame has the prefix only
+            pad = (tokens.shape[0], self.depth - tokens.shape[1], *tokens.shape[2:])
+            tokens = torch.cat([tokens, tokens.new_zeros(pad)], dim=1)
+            known = torch.cat([known, known.new_zeros(pad)], dim=1)
         s, d, h, w = tokens.shape
         K = self.vocab_size
         offs = torch.arange(d, device=tokens.device).view(1, d, 1, 1)
