@@ -528,6 +528,26 @@ def test_dead_codes_restart_after_n_steps_and_not_before(cls: type) -> None:
     assert q.maintenance.steps_unused.tolist() == [0, 0, 0, 0]
 
 
+@pytest.mark.parametrize("cls", [VectorQuantizer, EMAVectorQuantizer])
+def test_restart_write_keeps_the_backward_exact_with_cosine_codes(cls: type) -> None:
+    """Cosine codes save the codebook for their backward; a restart writes it in the same forward (every step, so
+    the write must not break or change that backward: restarted codes were unused, so their gradient is 0)."""
+    torch.manual_seed(0)
+    a = cls(8, 4, maintenance=MaintenanceConfig(restart_unused_steps=1), cosine=True).train()
+    b = cls(8, 4, cosine=True).train()
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if "maintenance" not in k})
+    z = torch.randn(1, 4, 2, 2)  # 4 vectors, 8 codes: at least 4 codes are unused and restart in a's forward
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    before = a.codebook.detach().clone()
+    oa, ob = a(za), b(zb)
+    assert not torch.equal(a.codebook.detach(), before)  # the restart wrote during the forward
+    (oa.loss + oa.quantized.square().sum()).backward()
+    (ob.loss + ob.quantized.square().sum()).backward()
+    torch.testing.assert_close(za.grad, zb.grad, rtol=0, atol=0)
+    if cls is VectorQuantizer:
+        torch.testing.assert_close(a.embedding.weight.grad, b.embedding.weight.grad, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("min_uses", [1, 2])
 def test_restart_min_uses_also_restarts_rare_codes(min_uses: int) -> None:
     """A code that takes one vector per step counts as used with restart_min_uses 1 and stays; with 2 it is rare

@@ -106,11 +106,17 @@ class CodeUpdate:
     counts: torch.Tensor  # (K,)
 
     def write(self, target: torch.Tensor, new: torch.Tensor) -> None:
-        """target[k] = new[k] for the selected rows k, in place, with no host read (no boolean indexing)."""
+        """target[k] = new[k] for the selected rows k, in place, with no host read (no boolean indexing).
+
+        The write goes through `.data`, which autograd does not version: the forward that chose these rows may have
+        saved the codebook for its backward (cosine codes normalise it). That backward stays exact: a restarted code
+        was not used in this forward, so its rows get zero gradient whatever they hold, and every other row keeps its
+        values; k-means writes (mask None) come before any use of the codebook in the forward."""
+        data = target.data
         if self.mask is None:
-            target.copy_(new)
+            data.copy_(new)
         else:
-            target.copy_(torch.where(self.mask.view(-1, *(1,) * (target.dim() - 1)), new, target))
+            data.copy_(torch.where(self.mask.view(-1, *(1,) * (data.dim() - 1)), new, data))
 
 
 # k-means initialisation waits for at least this many encoder vectors per code (over all ranks)
