@@ -224,6 +224,9 @@ def test_sample_val_tiles_reach_the_validation_set():
     assert [it.name for it in ds.items][:2] == ["skimage.data.coffee tile 1/16", "skimage.data.coffee tile 2/16"]
     with pytest.raises(ConfigError, match="sample_val_tiles"):
         DataConfig(source="sample_photos", sample_val_tiles=0).check("data")
+    # more tiles than chelsea (300 pixels high) has rows would be empty: refused, naming the largest count
+    with pytest.raises(ConfigError, match=r"sample_val_tiles: 301 x 301 tiles .* are empty\n.*use at most 300"):
+        list(build_val_loader(DataConfig(source="sample_photos", resolution=32, sample_val_tiles=301)))
 
 
 def test_crop_flip_resize_and_shuffle_switches_reach_the_samples(image_dir):

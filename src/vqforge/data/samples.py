@@ -88,7 +88,12 @@ def sample_photo_split(train_names: list[str] | tuple[str, ...] | None = None, v
                        ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(train_images, val_images): uint8 (H, W, 3) arrays (read-only): the training photos `train_names` (default
     all 10; `data.sample_photos`), and the 2 held-out photos cut into val_tiles x val_tiles tiles each
-    (`data.sample_val_tiles`; 2: 8 validation images)."""
+    (`data.sample_val_tiles`; 2: 8 validation images). More tiles than the smaller photo has pixels is a
+    ConfigError (empty tiles)."""
     photos = _load()
+    side = min(min(photos[n].shape[:2]) for n in SAMPLE_PHOTOS_VAL)
+    if val_tiles > side:
+        raise ConfigError("data.sample_val_tiles", f"{val_tiles} x {val_tiles} tiles of a {side}-pixel held-out photo "
+                          "are empty", f"use at most {side} (e.g. 4: 32 crops)")
     val = [t for n in SAMPLE_PHOTOS_VAL for t in _tiles(photos[n], val_tiles)]
     return [photos[n] for n in (train_names or SAMPLE_PHOTOS_TRAIN)], val
