@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--pix-fmts", nargs="*", default=["yuv420p", "yuv444p"])
     p.add_argument("--no-kid", action="store_true")
     p.add_argument("--skip-rd", action="store_true")
+    p.add_argument("--no-adaptive", action="store_true", help="code with the entropy model alone (no adaptive mixing)")
     p.add_argument("--entropy-model", default=None,
                    help="a trained entropy model (the directory `vqforge entropy train` wrote, or its model/) "
                         "instead of fitting the test model")
@@ -79,7 +80,7 @@ def main() -> None:
     t0 = time.perf_counter()
     clips = load_clips(a.clips, [], 32, 256, builtin=True)
     report = run_rd((model, cfg), ent, clips, crfs=a.crf, codecs=a.codecs, pix_fmts=a.pix_fmts, intra_period=32,
-                    kid=not a.no_kid, log=lambda s: print(s, flush=True))
+                    kid=not a.no_kid, log=lambda s: print(s, flush=True), adaptive=not a.no_adaptive)
     bench["rd_seconds"] = time.perf_counter() - t0
     bench["load_average_end"] = os.getloadavg()
     stats = report["codec_stats"]
@@ -151,7 +152,8 @@ def decode_timing(a, model, cfg, ent, bench: dict, out: Path) -> None:
     from vqforge.entropy import FrameLayout
 
     clip = render_clip(a.clips[0], a.decode_frames, 256)
-    comp, tokens = compress_frames((model, cfg), ent, clip, video=True, fps=25, intra_period=a.decode_frames)
+    comp, tokens = compress_frames((model, cfg), ent, clip, video=True, fps=25, intra_period=a.decode_frames,
+                                   adaptive=not a.no_adaptive)
     h = read_header(comp.data)
     ent_times, tok_times = [], []
     with torch.inference_mode():
@@ -167,7 +169,7 @@ def decode_timing(a, model, cfg, ent, bench: dict, out: Path) -> None:
     steps = len(ent.schedule(FrameLayout(*tokens.shape[1:], int(cfg.model.n_embed))))
     ent_med, tok_med = float(np.median(ent_times)), float(np.median(tok_times))
     bench["decode"] = {"clip": a.clips[0], "frames": len(clip), "token_grid": list(tokens.shape[1:]),
-                       "passes_per_frame": steps, "threads": a.threads,
+                       "passes_per_frame": steps, "threads": a.threads, "adaptive": h.adaptive,
                        "entropy_decode_s_per_frame_median": ent_med, "tokenizer_decode_s_per_frame_median": tok_med,
                        "total_decode_s_per_frame_median": ent_med + tok_med,
                        "entropy_runs": ent_times, "tokenizer_runs": tok_times, "load_average": os.getloadavg()}

@@ -137,7 +137,7 @@ def test_honest_size_within_one_percent(context_model):
     assert c.payload_bytes * 8 >= c.estimate_bits - 1  # no coder beats the ideal code length
     # the context model really models the data: under the uniform log2 K = 5 bits per token
     assert c.bits_per_token < 4.5
-    u = compress_tokens(x, cm.UniformModel(32), TOK_HASH, 32, intra_period=12)
+    u = compress_tokens(x, cm.UniformModel(32), TOK_HASH, 32, intra_period=12, adaptive=False)
     assert abs(u.total_bytes - u.estimate_bytes) <= 0.01 * u.estimate_bytes
     assert u.estimate_bits == pytest.approx(x.numel() * 5, rel=1e-6)
 
@@ -346,6 +346,14 @@ def test_cli_compress_then_decompress_in_separate_processes(rvq_tokenizer, conte
     tokens, h = decompress_tokens(f.read_bytes(), model)
     assert torch.equal(tokens, _tokenizer_tokens(rvq_tokenizer, media["video"]))
     assert h.metadata["sources"] == [{"file": "clip.mp4", "kind": "video", "frames": 6}]
+    # --no-adaptive reaches the file's flags; the decoder follows the flag
+    assert h.adaptive
+    g = tmp_path / "plain.vqf"
+    r = _cli("compress", str(rvq_tokenizer), str(ent_path), *map(str, media["video"]), "--out", str(g),
+             "--intra-period", "3", "--no-adaptive")
+    assert r.returncode == 0, r.stderr
+    plain, hp = decompress_tokens(g.read_bytes(), model)
+    assert not hp.adaptive and torch.equal(plain, tokens)
     # a damaged file: one clear line on stderr with the byte offset, exit code 2, no traceback
     data = bytearray(f.read_bytes())
     data[-5] ^= 0xFF

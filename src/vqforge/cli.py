@@ -136,6 +136,9 @@ def add_codec_commands(sub) -> None:
     sp.add_argument("--resolution", type=int, default=None, help="center-crop size (default: the model's training one)")
     sp.add_argument("--depth", type=int, default=None, help="residual VQ: code only the first DEPTH levels")
     sp.add_argument("--intra-period", type=int, default=32, help="frames per independently decodable segment")
+    sp.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=True,
+                    help="mix the entropy model with the segment's own token statistics (recorded in the file; "
+                    "--no-adaptive codes with the model alone)")
 
     sp = sub.add_parser("decompress", help="a .vqf file -> an MP4 or a directory of PNGs")
     sp.add_argument("tokenizer", metavar="TOKENIZER")
@@ -158,6 +161,8 @@ def add_codec_commands(sub) -> None:
     sp.add_argument("--codecs", nargs="*", default=["libx264", "libx265"])
     sp.add_argument("--pix-fmts", nargs="*", default=["yuv420p", "yuv444p"])
     sp.add_argument("--intra-period", type=int, default=32)
+    sp.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=True,
+                    help="vqforge files with adaptive mixing (as `compress`); --no-adaptive: the model alone")
     sp.add_argument("--kid", action=argparse.BooleanOptionalAction, default=True, help="KID on InceptionV3 features")
     sp.add_argument("--vgg", default=None, help="VGG16 ImageNet weights for LPIPS")
     sp.add_argument("--out", required=True, help="directory for rd.json, rd.md and rd.png")

@@ -91,23 +91,25 @@ def decode_tokens(model: nn.Module, tokens: torch.Tensor) -> np.ndarray:
 
 def compress_frames(tokenizer, entropy_model, frames: np.ndarray, *, video: bool, fps: float | None = None,
                     depth: int | None = None, intra_period: int = DEFAULT_INTRA_PERIOD,
-                    metadata: dict | None = None) -> tuple[Compressed, torch.Tensor]:
-    """(T, H, W, 3) uint8 frames -> (Compressed, the tokens it holds (T, D, h, w))."""
+                    metadata: dict | None = None, adaptive: bool = True) -> tuple[Compressed, torch.Tensor]:
+    """(T, H, W, 3) uint8 frames -> (Compressed, the tokens it holds (T, D, h, w)). adaptive: see
+    `coder.compress_tokens`."""
     model, cfg = _tokenizer(tokenizer)
     ent = _entropy(entropy_model)
     k = codebook_size(model, cfg)
     tokens = _residual_tokens(encode_images(model, frames), depth)
     meta = {"resolution": int(frames.shape[1]), **(metadata or {})}
     c = compress_tokens(tokens, ent, tokenizer_hash(model, cfg), k, intra_period=intra_period, independent=not video,
-                        fps=fps, metadata=meta)
+                        fps=fps, metadata=meta, adaptive=adaptive)
     return c, tokens
 
 
 def compress(tokenizer, entropy_model, inputs: Sequence[str | os.PathLike] | str | os.PathLike,
              out: str | os.PathLike | None = None, *, resolution: int | None = None, depth: int | None = None,
-             intra_period: int = DEFAULT_INTRA_PERIOD) -> Compressed:
+             intra_period: int = DEFAULT_INTRA_PERIOD, adaptive: bool = True) -> Compressed:
     """Images and/or videos -> one `.vqf` file (written to `out` when given). All inputs being images makes every
-    frame intra; otherwise frames are coded in input order, each conditioned on the previous within a segment."""
+    frame intra; otherwise frames are coded in input order, each conditioned on the previous within a segment.
+    adaptive: mix the entropy model with the segment's own token statistics (`adaptive`; the file records it)."""
     from ..data import resolve_sources
     from ..tokens.frames import crop_sizes, input_frames
 
@@ -122,7 +124,7 @@ def compress(tokenizer, entropy_model, inputs: Sequence[str | os.PathLike] | str
     meta = {"shorter_side": short,
             "sources": [{"file": Path(s["file"]).name, "kind": s["kind"], "frames": s["frames"]} for s in sources]}
     c, _ = compress_frames((model, cfg), entropy_model, frames, video=video, fps=fps, depth=depth,
-                           intra_period=intra_period, metadata=meta)
+                           intra_period=intra_period, metadata=meta, adaptive=adaptive)
     if out is not None:
         write_file(out, c.data)
     return c

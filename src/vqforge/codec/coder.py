@@ -25,7 +25,8 @@ from .container import (
     tokens_hash,
     unpack,
 )
-from .frequencies import PRECISION, FrequencyError, logits_to_weights, weights_code_length_bits
+from .adaptive import AdaptiveMixer
+from .frequencies import PRECISION, FrequencyError, probs_to_weights, softmax64, weights_code_length_bits
 
 DEFAULT_INTRA_PERIOD = 32
 
@@ -83,14 +84,20 @@ def _checked_schedule(model: EntropyModel, layout: FrameLayout) -> list[torch.Te
 
 
 def _step_weights(model: EntropyModel, buf: torch.Tensor, known: torch.Tensor, prev: torch.Tensor | None,
-                  layout: FrameLayout, i: int, n: int, device: torch.device) -> np.ndarray:
-    """(n, K) float64 F - 1 of coding step i: what constriction's Categorical(perfect=False) is given."""
+                  layout: FrameLayout, i: int, pos: torch.Tensor, device: torch.device,
+                  mixer: AdaptiveMixer | None) -> np.ndarray:
+    """(n, K) float64 F - 1 of coding step i: what constriction's Categorical(perfect=False) is given. With a mixer,
+    the model's probabilities are first mixed with the segment's statistics (`adaptive`)."""
+    n = len(pos)
     logits = model.step_logits(buf.to(device), known.to(device), None if prev is None else prev.to(device), layout, i)
     if tuple(logits.shape) != (n, layout.vocab_size):
         raise CodecError(f"entropy model {model.name!r}: step {i} gave logits of shape {tuple(logits.shape)}, "
                          f"expected ({n}, {layout.vocab_size})\n  fix: the entropy model's step_logits() is wrong")
     try:
-        return logits_to_weights(logits.float())
+        p = softmax64(logits.float())
+        if mixer is not None:
+            p = mixer.mix(p, pos.numpy(), buf.reshape(-1).numpy(), known.reshape(-1).numpy())
+        return probs_to_weights(p)
     except FrequencyError as e:
         raise CodecError(f"entropy model {model.name!r}, step {i}: {e}\n"
                          "  fix: check the entropy model's weights") from e
@@ -111,11 +118,13 @@ def _check_vocab(model: EntropyModel, k: int) -> None:
 @torch.no_grad()
 def compress_tokens(tokens: torch.Tensor | np.ndarray, entropy_model: EntropyModel, tokenizer_hash: bytes,
                     vocab_size: int, *, intra_period: int = DEFAULT_INTRA_PERIOD, independent: bool = False,
-                    fps: float | Fraction | None = None, metadata: dict | None = None) -> Compressed:
+                    fps: float | Fraction | None = None, metadata: dict | None = None,
+                    adaptive: bool = True) -> Compressed:
     """(T, H, W) or (T, D, H, W) tokens -> a `.vqf` file's bytes.
 
     independent: every frame is intra (images); otherwise frame t is conditioned on frame t-1 within its segment of
-    `intra_period` frames. tokenizer_hash: 32 bytes (see `api.tokenizer_hash`).
+    `intra_period` frames. tokenizer_hash: 32 bytes (see `api.tokenizer_hash`). adaptive: mix the model's
+    prediction with the segment's own token statistics (`adaptive`; recorded in the header, so the decoder follows).
     """
     x = _as_tokens(tokens)
     t, d, h, w = x.shape
@@ -137,24 +146,29 @@ def compress_tokens(tokens: torch.Tensor | np.ndarray, entropy_model: EntropyMod
     fr = Fraction(fps).limit_denominator(1001) if fps else Fraction(0)
     header = Header(tokenizer_hash=bytes(tokenizer_hash), entropy_hash=bytes.fromhex(entropy_model_hash(entropy_model)),
                     frames=t, depth=d, height=h, width=w, vocab_size=vocab_size, intra_period=intra_period,
-                    independent=independent, fps=(fr.numerator, fr.denominator if fr else 0),
+                    independent=independent, adaptive=adaptive, fps=(fr.numerator, fr.denominator if fr else 0),
                     token_hash=tokens_hash(x.numpy()), metadata=dict(metadata or {}),
                     frame_crcs=[frame_crc(x[i].numpy()) for i in range(t)])
     payloads, bits = [], 0.0
     for s in range(header.num_segments):
         enc = constriction.stream.queue.RangeEncoder()
         prev = None
+        mixer = AdaptiveMixer(layout) if adaptive else None  # fresh at every segment: intra points decode alone
         for f in header.segment_frames(s):
             frame = x[f]
             flat = frame.reshape(-1)
             buf = torch.zeros(d * h * w, dtype=torch.int64)  # what the decoder knows: revealed tokens, zeros elsewhere
             known = torch.zeros(d * h * w, dtype=torch.bool)
+            if mixer is not None:
+                mixer.start_frame(None if prev is None else prev.numpy())
             for i, pos in enumerate(steps):
                 weights = _step_weights(entropy_model, buf.view(d, h, w), known.view(d, h, w), prev, layout, i,
-                                        len(pos), device)
+                                        pos, device, mixer)
                 sym = flat[pos].numpy().astype(np.int32)
                 enc.encode(sym, fam, weights)  # one call: a categorical distribution per symbol (rows of weights)
                 bits += weights_code_length_bits(weights, sym)
+                if mixer is not None:
+                    mixer.update(sym)
                 buf[pos] = flat[pos]
                 known[pos] = True
             prev = None if independent else frame
@@ -206,12 +220,15 @@ def decode_segment(data: bytes, header: Header, s: int, entropy_model: EntropyMo
     frames = header.segment_frames(s)
     out = torch.empty(len(frames), d, h, w, dtype=torch.int64)
     prev = None
+    mixer = AdaptiveMixer(layout) if header.adaptive else None
     for j, f in enumerate(frames):
         buf = torch.zeros(d * h * w, dtype=torch.int64)
         known = torch.zeros(d * h * w, dtype=torch.bool)
+        if mixer is not None:
+            mixer.start_frame(None if prev is None else prev.numpy())
         for i, pos in enumerate(steps):
             weights = _step_weights(entropy_model, buf.view(d, h, w), known.view(d, h, w), prev, layout, i,
-                                    len(pos), device)
+                                    pos, device, mixer)
             try:
                 sym = dec.decode(fam, weights)  # the step's n symbols in one call
             except Exception as e:  # noqa: BLE001
@@ -220,6 +237,8 @@ def decode_segment(data: bytes, header: Header, s: int, entropy_model: EntropyMo
                                  ) from e
             buf[pos] = torch.from_numpy(np.asarray(sym, dtype=np.int64))
             known[pos] = True
+            if mixer is not None:
+                mixer.update(sym)
         frame = buf.view(d, h, w)
         if frame_crc(frame.numpy()) != header.frame_crcs[f]:
             raise CodecError(

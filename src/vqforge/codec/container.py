@@ -5,7 +5,9 @@ All integers are little-endian. Offsets are from the start of the file.
     offset  size  field
     0       8     magic b"\\x89VQF\\r\\n\\x1a\\n" (a binary marker; text-mode copies break it visibly)
     8       2     u16 version (1)
-    10      2     u16 flags: bit 0 = frames are independent (images: every frame is intra)
+    10      2     u16 flags: bit 0 = frames are independent (images: every frame is intra);
+                  bit 1 = adaptive mixing (`adaptive.ADAPTIVE_V1`: the model's prediction mixed with the
+                  segment's token statistics); other bits 0
     12      4     u32 header size = byte offset of the first segment
     16      32    SHA-256 of the tokenizer (its architecture config hash and its weights hash, see `tokenizer_hash`)
     48      32    SHA-256 of the entropy model (`vqforge.entropy.entropy_model_hash`)
@@ -54,6 +56,8 @@ from ..errors import VQForgeError
 MAGIC = b"\x89VQF\r\n\x1a\n"
 VERSION = 1
 FLAG_INDEPENDENT = 1
+FLAG_ADAPTIVE = 2
+KNOWN_FLAGS = FLAG_INDEPENDENT | FLAG_ADAPTIVE
 _FIXED = struct.Struct("<8sHHI32s32sIHHHHIIIII16sI")  # everything up to and including the metadata length
 FIXED_SIZE = _FIXED.size  # 132
 _SEGMENT = struct.Struct("<QII")
@@ -75,6 +79,7 @@ class Header:
     vocab_size: int  # K
     intra_period: int  # P
     independent: bool  # images: every frame intra
+    adaptive: bool = False  # adaptive mixing (flag bit 1)
     fps: tuple[int, int] = (0, 0)  # (numerator, denominator); (0, 0) when not a video
     precision: int = 24
     token_hash: bytes = b"\0" * TOKEN_HASH_BYTES
@@ -127,7 +132,7 @@ def pack(h: Header, payloads: list[bytes]) -> bytes:
         segs.append((off, len(p), zlib.crc32(p)))
         off += len(p)
     h.segments = segs
-    flags = FLAG_INDEPENDENT if h.independent else 0
+    flags = (FLAG_INDEPENDENT if h.independent else 0) | (FLAG_ADAPTIVE if h.adaptive else 0)
     head = _FIXED.pack(MAGIC, VERSION, flags, size, h.tokenizer_hash, h.entropy_hash, h.frames, h.depth, h.height,
                        h.width, h.precision, h.vocab_size, h.fps[0], h.fps[1], h.intra_period, len(payloads),
                        h.token_hash, len(meta))
@@ -167,6 +172,9 @@ def unpack(data: bytes, name: str = "file") -> Header:
         raise CodecError(f"{name}: byte {max(size - 4, 12)}: the header checksum does not match its bytes "
                          f"0..{size - 4} (the header is corrupted)\n  fix: the file is damaged; compress it again")
     # the header is intact from here on: remaining checks catch files written wrongly, not damage
+    if flags & ~KNOWN_FLAGS:
+        raise CodecError(f"{name}: byte 10: unknown flags 0x{flags:04x} (this vqforge knows 0x{KNOWN_FLAGS:04x})\n"
+                         "  fix: decompress it with the vqforge version that wrote it")
     if t < 1 or d < 1 or hh < 1 or ww < 1 or k < 2 or period < 1 or precision != 24:
         raise CodecError(f"{name}: byte 80: invalid shape fields T={t} D={d} H={hh} W={ww} K={k} P={period} "
                          f"precision={precision}\n  fix: the file was not written by `vqforge compress`")
@@ -198,7 +206,8 @@ def unpack(data: bytes, name: str = "file") -> Header:
         raise CodecError(f"{name}: byte {expected}: {n - expected} unexpected bytes after the last segment\n"
                          "  fix: the file was appended to or is not one vqforge file; compress it again")
     return Header(tokenizer_hash=tok_h, entropy_hash=ent_h, frames=t, depth=d, height=hh, width=ww, vocab_size=k,
-                  intra_period=period, independent=bool(flags & FLAG_INDEPENDENT), fps=(fps_n, fps_d),
+                  intra_period=period, independent=bool(flags & FLAG_INDEPENDENT),
+                  adaptive=bool(flags & FLAG_ADAPTIVE), fps=(fps_n, fps_d),
                   precision=precision, token_hash=thash, metadata=meta, segments=segs, frame_crcs=crcs,
                   header_size=size)
 

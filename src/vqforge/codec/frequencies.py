@@ -55,15 +55,31 @@ def logits_to_weights(logits: torch.Tensor | np.ndarray) -> np.ndarray:
 
     The same operations, in the same order and precision, as steps 1-4 of the module doc; the floors and the
     remainder are whole numbers below 2**PRECISION, exact in float64, so F - 1 needs no integer round trip."""
+    return probs_to_weights(softmax64(logits))
+
+
+def softmax64(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(n, K) logits -> float64 probabilities by steps 1-2 of the module doc (what `logits_to_weights` quantizes)."""
     z = _checked_logits(logits)
-    n, k = z.shape
     z -= z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)  # p
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def probs_to_weights(p: np.ndarray) -> np.ndarray:
+    """(n, K) float64 probabilities (rows summing to 1 up to rounding) -> F - 1 by steps 3-4, in place on `p`.
+
+    The codec's adaptive mixing (`adaptive`) hands its mixed probabilities here; logits go through
+    `logits_to_weights`, which is softmax then this."""
+    z = p
+    n, k = z.shape
     free = TOTAL - k
     z *= free
     np.floor(z, out=z)  # F - 1 before the remainder
     rem = free - z.sum(axis=1)  # (n,) whole numbers in [0, K): each floor loses < 1; sums of integers < 2**53 exact
+    if (rem < 0).any():  # only rows summing to more than 1 can get here
+        raise FrequencyError("probabilities sum to more than 1")
     z[np.arange(n), np.argmax(z, axis=1)] += rem  # to the first maximum
     return z
 

@@ -298,7 +298,7 @@ def _lpips(vgg: str | None) -> tuple[torch.nn.Module | None, str | None]:
 
 def run_rd(tokenizer, entropy_model, clips: list[Clip], *, crfs: list[float], codecs: list[str],
            pix_fmts: list[str], intra_period: int = 32, kid: bool = True, vgg: str | None = None,
-           log: Callable[[str], None] = print) -> dict:
+           log: Callable[[str], None] = print, adaptive: bool = True) -> dict:
     """Measure every setting on every clip; returns the JSON-able report (rows, matched, bd_rate, notes)."""
     import av
 
@@ -347,7 +347,8 @@ def run_rd(tokenizer, entropy_model, clips: list[Clip], *, crfs: list[float], co
             for video, method in ((True, "vqforge"), (False, "vqforge-intra")):
                 t1 = time.perf_counter()
                 comp = compress_tokens(all_tokens[:, :d], ent, tok_hash, k, intra_period=intra_period,
-                                       independent=not video, fps=clip.fps if video else None)
+                                       independent=not video, fps=clip.fps if video else None,
+                                       adaptive=adaptive)
                 t2 = time.perf_counter()
                 dec, _ = decompress_tokens(comp.data, ent, tok_hash)  # the real decoder, from the bytes
                 t3 = time.perf_counter()
@@ -406,7 +407,7 @@ def run_rd(tokenizer, entropy_model, clips: list[Clip], *, crfs: list[float], co
         "rows": summaries, "codec_stats": codec_stats, "notes": notes,
         "bd_rate": _bd_rates(summaries, codecs, pix_fmts, depth_max),
         "settings": {"crf": crfs, "codecs": codecs, "pix_fmts": pix_fmts, "preset": PRESET,
-                     "intra_period": intra_period, "match_tolerance": MATCH_TOLERANCE},
+                     "intra_period": intra_period, "match_tolerance": MATCH_TOLERANCE, "adaptive": adaptive},
     }
     return report
 
@@ -515,7 +516,8 @@ def rd_command(args: argparse.Namespace) -> int:
         raise ConfigError("--frames", f"must be >= 2, got {args.frames}", "use e.g. 32")
     clips = load_clips(args.clips, list(args.data), args.frames, args.size, builtin=not args.no_test_clips)
     report = run_rd(args.tokenizer, args.entropy_model, clips, crfs=list(args.crf), codecs=list(args.codecs),
-                    pix_fmts=list(args.pix_fmts), intra_period=args.intra_period, kid=args.kid, vgg=args.vgg)
+                    pix_fmts=list(args.pix_fmts), intra_period=args.intra_period, kid=args.kid, vgg=args.vgg,
+                    adaptive=args.adaptive)
     written = write_report(report, Path(args.out))
     print(markdown(report))
     print("wrote " + ", ".join(map(str, written)))
