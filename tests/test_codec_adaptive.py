@@ -190,3 +190,25 @@ def test_mixed_probabilities_are_distributions():
     assert np.all(p > 0) and np.allclose(p.sum(1), 1.0)
     # the co-located previous token (code 0 everywhere) is favoured over the others
     assert np.all(p[:, 0] > p[:, 1])
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_coded_bits_is_what_the_file_costs(trained_elsewhere, adaptive):
+    from vqforge.codec import coded_bits
+
+    x = _clip(5, 2, 8, 8, np.arange(8, 24), seed=8)
+    c = compress_tokens(x, trained_elsewhere, TOK_HASH, 32, intra_period=3, adaptive=adaptive)
+    per = coded_bits(x, trained_elsewhere, 32, intra_period=3, adaptive=adaptive)
+    assert per.shape == (5, 2)
+    assert per.sum() == pytest.approx(c.estimate_bits, rel=1e-12)
+    assert abs(c.payload_bytes - per.sum() / 8) <= 4 * 2 + 0.01 * c.payload_bytes  # 2 segments, a word each at most
+
+
+def test_teacher_forced_count_matches_the_coder(trained_elsewhere):
+    from vqforge.codec import coded_bits
+
+    x = _clip(6, 2, 8, 8, np.arange(8, 24), seed=9)
+    for independent in (False, True):
+        step = coded_bits(x, trained_elsewhere, 32, intra_period=4, independent=independent)
+        forced = coded_bits(x, trained_elsewhere, 32, intra_period=4, independent=independent, teacher_forced=True)
+        np.testing.assert_allclose(forced, step, rtol=1e-4)

@@ -90,6 +90,19 @@ def test_train_writes_a_model_the_codec_loads_and_reports_bits(assets, tmp_path,
     # 2 x 16 x 16 tokens per 32 x 32 frame
     assert last["bits_per_pixel"] == pytest.approx(last["bits_per_token"] * 512 / 1024)
     assert last["bits_per_token"] == pytest.approx((last["bits_per_token_depth0"] + last["bits_per_token_depth1"]) / 2)
+    # the coder's rate on the whole validation clip is what `compress` really writes for it
+    from safetensors.torch import load_file
+
+    from vqforge.codec import compress_tokens
+
+    (shard,) = (assets / "cache").glob("*/val/00000.safetensors")
+    clip = load_file(shard)["tokens"].long()
+    real = compress_tokens(clip, model, bytes(32), 32, intra_period=32)
+    assert last["coded_bits_per_token"] == pytest.approx(real.estimate_bits / clip.numel(), rel=1e-4)
+    assert 8 * real.payload_bytes / clip.numel() == pytest.approx(last["coded_bits_per_token"], rel=0.02)
+    assert last["coded_bits_per_token_ratio"] == pytest.approx(last["coded_bits_per_token"] / 5)
+    assert last["coded_bits_per_token"] == pytest.approx(
+        (last["coded_bits_per_token_depth0"] + last["coded_bits_per_token_depth1"]) / 2)
     assert (run / "checkpoints" / "step_00000004" / "training_state.json").is_file()
     # eval reproduces the last validation exactly (same windows, same model)
     capsys.readouterr()
@@ -97,6 +110,7 @@ def test_train_writes_a_model_the_codec_loads_and_reports_bits(assets, tmp_path,
                  "--json", str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["bits_per_token"] == pytest.approx(last["bits_per_token"], rel=1e-9)
+    assert m["coded_bits_per_token"] == pytest.approx(last["coded_bits_per_token"], rel=1e-9)
     assert m["decode_seconds_per_frame"] > 0
 
 
@@ -203,6 +217,17 @@ def test_previous_systems_config_errors_name_both_values_and_the_fix(assets, tmp
         load_entropy_config(write(tmp_path / "t3.json", bad))
     with pytest.raises(ConfigError, match="nhead"):
         load_entropy_config(write(tmp_path / "t4.json", user_layout(assets, nhead=5)))
+
+
+def test_validation_coded_setting_reaches_validation(assets, tmp_path):
+    run = tmp_path / "run"
+    cfg = native(assets, num_steps=2, validation_coded=False)
+    assert main(["entropy", "train", str(write(tmp_path / "e.json", cfg)), "--out", str(run)]) == 0
+    (last,) = val_lines(run)
+    assert "bits_per_token" in last and not any(k.startswith("coded_") for k in last)
+    d = native(assets, validation_intra_period=0)
+    with pytest.raises(ConfigError, match="validation_intra_period"):
+        load_entropy_config(write(tmp_path / "bad.json", d))
 
 
 def test_native_config_errors(assets, tmp_path):

@@ -26,7 +26,7 @@ from .container import (
     unpack,
 )
 from .adaptive import AdaptiveMixer
-from .frequencies import PRECISION, FrequencyError, probs_to_weights, softmax64, weights_code_length_bits
+from .frequencies import PRECISION, FrequencyError, probs_to_weights, softmax64
 
 DEFAULT_INTRA_PERIOD = 32
 
@@ -115,6 +115,78 @@ def _check_vocab(model: EntropyModel, k: int) -> None:
                          f"{k}-code tokenizer\n  fix: use an entropy model trained on this tokenizer's tokens")
 
 
+def _teacher_forced_logits(model: EntropyModel, frames: torch.Tensor, independent: bool, layout: FrameLayout,
+                           device: torch.device) -> torch.Tensor:
+    """(n, D·H·W, K) logits of a segment's frames, each position as the coder sees it, in one batched pass."""
+    x = frames.to(device)
+    batch = getattr(model, "batch_logits", None)
+    if batch is None:
+        return torch.stack([model.frame_logits(f, None if independent or j == 0 else x[j - 1], layout)
+                            for j, f in enumerate(x)]).cpu()
+    if independent:
+        return batch(x, None).cpu()
+    first = batch(x[:1], None)
+    return (torch.cat([first, batch(x[1:], x[:-1])]) if len(x) > 1 else first).cpu()
+
+
+def _code_segment(frames: torch.Tensor, model: EntropyModel, layout: FrameLayout, steps: list[torch.Tensor],
+                  device: torch.device, independent: bool, adaptive: bool, enc=None, fam=None,
+                  teacher_forced: bool = False) -> np.ndarray:
+    """Code one segment's frames (n, D, H, W) with `enc` (None: only count) -> (n, D) float64 ideal code lengths
+    in bits under the coder's integer frequencies: what `compress_tokens` estimates, frame by frame and depth by
+    depth. teacher_forced (counting only): the logits of every position from one batched pass instead of step by
+    step (equal to float tolerance, so the count may differ from the file's in the last bits)."""
+    d, h, w = layout.depth, layout.height, layout.width
+    cost = np.zeros((len(frames), d), dtype=np.float64)
+    forced = _teacher_forced_logits(model, frames, independent, layout, device) if teacher_forced else None
+    prev = None
+    mixer = AdaptiveMixer(layout) if adaptive else None  # fresh at every segment: intra points decode alone
+    for j, frame in enumerate(frames):
+        flat = frame.reshape(-1)
+        buf = torch.zeros(d * h * w, dtype=torch.int64)  # what the decoder knows: revealed tokens, zeros elsewhere
+        known = torch.zeros(d * h * w, dtype=torch.bool)
+        if mixer is not None:
+            mixer.start_frame(None if prev is None else prev.numpy())
+        for i, pos in enumerate(steps):
+            if forced is None:
+                weights = _step_weights(model, buf.view(d, h, w), known.view(d, h, w), prev, layout, i, pos, device,
+                                        mixer)
+            else:
+                p = softmax64(forced[j, pos].float())
+                weights = probs_to_weights(p if mixer is None else mixer.mix(p, pos.numpy(), buf.numpy(),
+                                                                             known.numpy()))
+            sym = flat[pos].numpy().astype(np.int32)
+            if enc is not None:
+                enc.encode(sym, fam, weights)  # one call: a categorical distribution per symbol (rows of weights)
+            picked = weights[np.arange(len(sym)), sym] + 1.0
+            cost[j] += np.bincount(pos.numpy() // (h * w), weights=PRECISION - np.log2(picked), minlength=d)
+            if mixer is not None:
+                mixer.update(sym)
+            buf[pos] = flat[pos]
+            known[pos] = True
+        prev = None if independent else frame
+    return cost
+
+
+@torch.no_grad()
+def coded_bits(tokens: torch.Tensor | np.ndarray, entropy_model: EntropyModel, vocab_size: int, *,
+               intra_period: int = DEFAULT_INTRA_PERIOD, independent: bool = False, adaptive: bool = True,
+               teacher_forced: bool = False) -> np.ndarray:
+    """What `compress_tokens` would code, without writing a file: (T, D) float64 bits per frame and depth, the same
+    steps, mixing and integer frequencies (the payload is within a few bytes of its sum). teacher_forced: every
+    position's logits from one batched pass per segment (fast; what validation uses), equal to the step-by-step
+    logits to float tolerance."""
+    x = _as_tokens(tokens)
+    t, d, h, w = x.shape
+    layout = FrameLayout(depth=d, height=h, width=w, vocab_size=vocab_size)
+    _check_vocab(entropy_model, vocab_size)
+    steps = _checked_schedule(entropy_model, layout)
+    device = _model_device(entropy_model)
+    parts = [_code_segment(x[s:s + intra_period], entropy_model, layout, steps, device, independent, adaptive,
+                           teacher_forced=teacher_forced) for s in range(0, t, intra_period)]
+    return np.concatenate(parts)
+
+
 @torch.no_grad()
 def compress_tokens(tokens: torch.Tensor | np.ndarray, entropy_model: EntropyModel, tokenizer_hash: bytes,
                     vocab_size: int, *, intra_period: int = DEFAULT_INTRA_PERIOD, independent: bool = False,
@@ -152,26 +224,9 @@ def compress_tokens(tokens: torch.Tensor | np.ndarray, entropy_model: EntropyMod
     payloads, bits = [], 0.0
     for s in range(header.num_segments):
         enc = constriction.stream.queue.RangeEncoder()
-        prev = None
-        mixer = AdaptiveMixer(layout) if adaptive else None  # fresh at every segment: intra points decode alone
-        for f in header.segment_frames(s):
-            frame = x[f]
-            flat = frame.reshape(-1)
-            buf = torch.zeros(d * h * w, dtype=torch.int64)  # what the decoder knows: revealed tokens, zeros elsewhere
-            known = torch.zeros(d * h * w, dtype=torch.bool)
-            if mixer is not None:
-                mixer.start_frame(None if prev is None else prev.numpy())
-            for i, pos in enumerate(steps):
-                weights = _step_weights(entropy_model, buf.view(d, h, w), known.view(d, h, w), prev, layout, i,
-                                        pos, device, mixer)
-                sym = flat[pos].numpy().astype(np.int32)
-                enc.encode(sym, fam, weights)  # one call: a categorical distribution per symbol (rows of weights)
-                bits += weights_code_length_bits(weights, sym)
-                if mixer is not None:
-                    mixer.update(sym)
-                buf[pos] = flat[pos]
-                known[pos] = True
-            prev = None if independent else frame
+        cost = _code_segment(x[header.segment_frames(s).start:header.segment_frames(s).stop], entropy_model, layout,
+                             steps, device, independent, adaptive, enc, fam)
+        bits += float(cost.sum())
         payloads.append(enc.get_compressed().astype("<u4").tobytes())
     data = pack(header, payloads)
     return Compressed(data=data, header_bytes=header.header_size, payload_bytes=len(data) - header.header_size,
@@ -270,5 +325,5 @@ def decompress_tokens(data: bytes, entropy_model: EntropyModel, tokenizer_hash: 
     return tokens, header
 
 
-__all__ = ["Compressed", "CodecError", "DEFAULT_INTRA_PERIOD", "PRECISION", "check_models", "compress_tokens",
-           "decode_segment", "decompress_tokens", "read_header"]
+__all__ = ["Compressed", "CodecError", "DEFAULT_INTRA_PERIOD", "PRECISION", "check_models", "coded_bits",
+           "compress_tokens", "decode_segment", "decompress_tokens", "read_header"]

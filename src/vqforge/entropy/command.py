@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     e.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the one the model was trained on)")
     e.add_argument("--sequence-length", type=int, default=None,
                    help="frames between intra frames (default: the training data.sequence_length)")
+    e.add_argument("--intra-period", type=int, default=32,
+                   help="segment length for the coded_* rate (whole clips as `vqforge compress` codes them, adaptive "
+                   "mixing); 0 = skip it")
     e.add_argument("--time-frames", type=int, default=1,
                    help="time step-by-step decoding (what a decoder runs) on this many frames; 0 = skip")
     e.add_argument("--json", default=None, help="also write the metrics here")
@@ -81,7 +84,7 @@ def eval_main(args) -> int:
     from .base import load_entropy_model
     from .config import EntropyTokenizerConfig
     from .tokens import cached_tokens, load_tokenizer, windows
-    from .trainer import measure
+    from .trainer import measure, measure_coded
 
     model, meta = load_entropy_model(args.model)
     tok_path = args.tokenizer or meta.get("tokenizer")
@@ -102,6 +105,8 @@ def eval_main(args) -> int:
     seq = args.sequence_length or ec.get("data", {}).get("sequence_length", 4)
     wins = windows(tokens.clips, seq)
     m = measure(model, tokens, wins, torch.device("cpu"))
+    if args.intra_period:
+        m.update(measure_coded(model, tokens, args.intra_period, torch.device("cpu")))
     if args.time_frames:
         frames = []
         for c, s, t in wins:

@@ -13,7 +13,9 @@ Native (YAML or JSON; every key optional except `tokenizer.path` and `data.train
                frame of a sample is coded intra), train_num_samples, val_num_samples (null = all)
     train:     batch_size, grad_accum_steps, num_steps or epochs, lr, weight_decay, betas, warmup_steps,
                lr_schedule (constant | cosine), grad_clip, precision (fp32 | bf16), seed, save_interval,
-               validation_interval, val_start_step, keep_last, device, out_dir, resume
+               validation_interval, val_start_step, validation_coded (also report the rate `vqforge compress`
+               gets on the whole validation clips: segments of validation_intra_period frames, adaptive mixing),
+               validation_intra_period, keep_last, device, out_dir, resume
     log:       every, tensorboard, progress
 
 The previous system's layout has the sections `model`, `data`, `vqgan`, `training`, `output`, `device`; see
@@ -110,6 +112,8 @@ class EntropyTrainConfig:
     save_interval: int = 500
     validation_interval: int = 250
     val_start_step: int = 0  # no validation before this step
+    validation_coded: bool = True  # also the coder's rate on whole validation clips (adaptive mixing, as compress)
+    validation_intra_period: int = 32  # frames per segment there (compress's --intra-period)
     keep_last: int = 2
     device: str = "auto"
     out_dir: str | None = None
@@ -128,7 +132,7 @@ class EntropyTrainConfig:
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{p}.betas",
                 "must be two numbers in [0, 1)", "use [0.9, 0.98]")
         require(self.grad_clip is None or self.grad_clip > 0, f"{p}.grad_clip", "must be > 0", "use null for none")
-        for k in ("save_interval", "validation_interval", "keep_last", "dist_timeout_s"):
+        for k in ("save_interval", "validation_interval", "validation_intra_period", "keep_last", "dist_timeout_s"):
             require(getattr(self, k) >= 1, f"{p}.{k}", "must be >= 1", "use a positive number")
         require(self.warmup_steps >= 0 and self.val_start_step >= 0, p, "warmup_steps and val_start_step must be "
                 ">= 0", "use 0")

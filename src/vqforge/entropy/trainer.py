@@ -9,7 +9,10 @@ A training sample is a window of `data.sequence_length` consecutive frames of on
 intra, every other frame from its previous frame. The loss is the mean negative log-likelihood in bits per
 predicted token. Validation codes every validation window exactly as the coder does (teacher-forced logits that
 equal the step-by-step ones) and reports bits per token (overall, intra, inter, per residual depth), the ratio to
-log2 K, bits per pixel, and decode passes per frame.
+log2 K, bits per pixel, and decode passes per frame. With `train.validation_coded` it also reports `coded_*`: the
+rate `vqforge compress` gets on each whole validation clip (segments of `train.validation_intra_period` frames,
+adaptive mixing with the clip's own statistics, the coder's integer frequencies) — the number that decides file
+sizes, since a model that fits its training clips can lose to the mixing on new ones.
 """
 
 from __future__ import annotations
@@ -170,6 +173,34 @@ def measure(model: TrainableEntropyModel, tokens: TokenSet, wins: list[tuple[int
     if D > 1:
         for d in range(D):
             out[f"bits_per_token_depth{d}"] = float(sums[4 + d]) / (total_tokens / D)
+    return out
+
+
+@torch.no_grad()
+def measure_coded(model: TrainableEntropyModel, tokens: TokenSet, intra_period: int, device) -> dict[str, float]:
+    """The coder's rate (`codec.coded_bits`, adaptive mixing, teacher-forced logits) on every whole validation clip
+    (this rank's share, all-reduced): coded bits per token, its ratio to log2 K, per depth, bits per pixel."""
+    from ..codec.coder import coded_bits
+
+    layout = tokens.layout
+    D = layout.depth
+    sums = torch.zeros(2 + D, dtype=torch.float64)  # bits, tokens, per-depth bits
+    for clip in tokens.clips[dist.rank()::dist.world_size()]:
+        cost = coded_bits(clip, model, layout.vocab_size, intra_period=intra_period, adaptive=True,
+                          teacher_forced=True)
+        sums[0] += float(cost.sum())
+        sums[1] += clip.numel()
+        sums[2:] += torch.from_numpy(cost.sum(axis=0))
+    sums = dist.all_reduce_sum(sums.to(device)).cpu() if dist.world_size() > 1 else sums
+    if sums[1] == 0:
+        return {}
+    n = float(sums[1])
+    out = {"coded_bits_per_token": float(sums[0]) / n,
+           "coded_bits_per_token_ratio": float(sums[0]) / n / math.log2(layout.vocab_size),
+           "coded_bits_per_pixel": float(sums[0]) / (n / layout.numel * tokens.pixels_per_frame)}
+    if D > 1:
+        for d in range(D):
+            out[f"coded_bits_per_token_depth{d}"] = float(sums[2 + d]) / (n / D)
     return out
 
 
@@ -339,6 +370,9 @@ class EntropyTrainer:
         self.model.eval()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             metrics = measure(self.model, self.val_tokens, self.val_windows, self.device)
+            if self.cfg.train.validation_coded:
+                metrics.update(measure_coded(self.model, self.val_tokens, self.cfg.train.validation_intra_period,
+                                             self.device))
         self.model.train()
         self.last_val = metrics
         self.logger.scalars(self.step, metrics, "val")
