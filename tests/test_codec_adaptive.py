@@ -18,32 +18,12 @@ TOK_HASH = bytes(range(32))
 
 def _reference_mix(p_model, pos, tokens, known, prev, counts, credit, layout, prm):
     """One step of the mixing rule, token by token in plain Python (the module doc's formulas)."""
-    d_, h, w, k = layout.depth, layout.height, layout.width, layout.vocab_size
+    weights = _weights_of(credit, prm)
     out = []
-    for row, q in enumerate(pos):
-        d, rem = divmod(int(q), h * w)
-        y, x = divmod(rem, w)
-        n_d = sum(counts[d])
-        p_seg = [(counts[d][c] + prm.unigram_prior) / (n_d + prm.unigram_prior * k) for c in range(k)]
-        hist = [0.0] * k
-        for dy in range(-prm.radius, prm.radius + 1):
-            for dx in range(-prm.radius, prm.radius + 1):
-                yy, xx = y + dy, x + dx
-                if not (0 <= yy < h and 0 <= xx < w):
-                    continue
-                j = (d * h + yy) * w + xx
-                if known[j]:
-                    hist[tokens[j]] += 1
-                if prev is not None:
-                    hist[prev[j]] += prm.center_weight if (dy, dx) == (0, 0) else 1
-        total = sum(hist)
-        p_near = [(hist[c] + prm.near_smoothing * p_seg[c]) / (total + prm.near_smoothing) for c in range(k)]
-        wt = [c / sum(credit[d]) for c in credit[d]]
-        wt = [max(v, prm.floor) for v in wt]
-        wt = [v / sum(wt) for v in wt]
-        mixed = [wt[0] * p_model[row][c] + wt[1] * p_seg[c] + wt[2] * p_near[c] for c in range(k)]
-        s = sum(mixed)
-        out.append([v / s for v in mixed])
+    for d, pm, p_seg, p_near in _experts_at(p_model, pos, tokens, known, prev, counts, layout, prm):
+        wt = weights[d]
+        mixed = [wt[0] * pm[c] + wt[1] * p_seg[c] + wt[2] * p_near[c] for c in range(layout.vocab_size)]
+        out.append([v / sum(mixed) for v in mixed])
     return np.array(out)
 
 
