@@ -39,7 +39,9 @@ def test_real_entropy_models_code_losslessly_after_save_and_load(name, config, t
     assert meta["name"] == name
     tokens = _tokens(3, depth, 4, 5)
     tok_hash = bytes(32)
-    packed = compress_tokens(tokens, loaded, tok_hash, K, intra_period=2)
+    mixed = compress_tokens(tokens, loaded, tok_hash, K, intra_period=2)  # adaptive mixing, the default
+    assert torch.equal(decompress_tokens(mixed.data, loaded, tok_hash)[0], tokens)
+    packed = compress_tokens(tokens, loaded, tok_hash, K, intra_period=2, adaptive=False)  # the model alone
     back, header = decompress_tokens(packed.data, loaded, tok_hash)
     assert torch.equal(back, tokens)
     # the estimate from teacher-forced logits (what training optimizes) says about what the file costs
