@@ -16,13 +16,12 @@ from vqforge.entropy.base import FrameLayout
 TOK_HASH = bytes(range(32))
 
 
-def _reference_mix(p_model, pos, tokens, known, prev, counts, credit, layout, prm):
+def _reference_mix(experts, credit, layout, prm):
     """One step of the mixing rule, token by token in plain Python (the module doc's formulas)."""
     weights = _weights_of(credit, prm)
     out = []
-    for d, pm, p_seg, p_near in _experts_at(p_model, pos, tokens, known, prev, counts, layout, prm):
-        wt = weights[d]
-        mixed = [wt[0] * pm[c] + wt[1] * p_seg[c] + wt[2] * p_near[c] for c in range(layout.vocab_size)]
+    for d, *probs, _ in experts:
+        mixed = [sum(wi * pi[c] for wi, pi in zip(weights[d], probs)) for c in range(layout.vocab_size)]
         out.append([v / sum(mixed) for v in mixed])
     return np.array(out)
 
@@ -36,7 +35,8 @@ def _weights_of(credit, prm):
     return out
 
 
-def _experts_at(p_model, pos, tokens, known, prev, counts, layout, prm):
+def _experts_at(p_model, pos, tokens, known, prev, counts, pairs, layout, prm):
+    """Per position: (depth, p_model, p_seg, p_near, p_up, the token one depth up or None)."""
     h, w, k = layout.height, layout.width, layout.vocab_size
     res = []
     for row, q in enumerate(pos):
@@ -57,7 +57,13 @@ def _experts_at(p_model, pos, tokens, known, prev, counts, layout, prm):
                     hist[prev[j]] += prm.center_weight if (dy, dx) == (0, 0) else 1
         total = sum(hist)
         p_near = [(hist[c] + prm.near_smoothing * p_seg[c]) / (total + prm.near_smoothing) for c in range(k)]
-        res.append((d, list(p_model[row]), p_seg, p_near))
+        up = int(tokens[q - h * w]) if d > 0 and known[q - h * w] else None
+        p_up = p_seg
+        if up is not None:
+            row_counts = pairs[d][up]
+            p_up = [(row_counts[c] + prm.near_smoothing * p_seg[c]) / (sum(row_counts) + prm.near_smoothing)
+                    for c in range(k)]
+        res.append((d, list(p_model[row]), p_seg, p_near, p_up, up))
     return res
 
 
@@ -68,8 +74,10 @@ def test_mixing_matches_the_formulas_step_by_step():
     prm = ADAPTIVE_V1
     mixer = AdaptiveMixer(layout)
     counts = [[0.0] * 7 for _ in range(2)]
+    pairs = [[[0.0] * 7 for _ in range(7)] for _ in range(2)]  # [depth][code one depth up][code]
     credit = [[v * prm.prior_strength for v in prm.prior] for _ in range(2)]
     prev = None
+    ups = 0
     for frame in range(3):
         tokens = rng.integers(0, 7, layout.numel)
         known = np.zeros(layout.numel, dtype=bool)
@@ -79,23 +87,27 @@ def test_mixing_matches_the_formulas_step_by_step():
             logits = rng.normal(size=(len(pos), 7))
             p_model = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
             got = mixer.mix(p_model.copy(), pos, buf, known)
-            want = _reference_mix(p_model, pos, buf, known, prev, counts, credit, layout, prm)
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+            experts = _experts_at(p_model, pos, buf, known, prev, counts, pairs, layout, prm)
+            np.testing.assert_allclose(got, _reference_mix(experts, credit, layout, prm), rtol=1e-12, atol=1e-15)
             sym = tokens[pos]
-            experts = _experts_at(p_model, pos, buf, known, prev, counts, layout, prm)
             weights = _weights_of(credit, prm)
             mixer.update(sym)
             for d in {e[0] for e in experts}:
                 credit[d] = [c * prm.decay for c in credit[d]]
-            for (d, pm, ps, pn), s in zip(experts, sym):
-                px = [weights[d][0] * pm[s], weights[d][1] * ps[s], weights[d][2] * pn[s]]
+            for (d, *probs, up), s in zip(experts, sym):
+                px = [wi * pi[s] for wi, pi in zip(weights[d], probs)]
                 credit[d] = [c + v / sum(px) for c, v in zip(credit[d], px)]
                 counts[d][s] += 1
+                if up is not None:
+                    pairs[d][up][s] += 1
+                    ups += 1
             buf[pos] = sym
             known[pos] = True
         np.testing.assert_allclose(mixer.credit, np.array(credit), rtol=1e-12)
         np.testing.assert_array_equal(mixer.counts, np.array(counts))
+        np.testing.assert_array_equal(mixer.pairs, np.array(pairs))
         prev = tokens
+    assert ups > 10  # the depth-up counts were exercised
 
 
 def _clip(t: int, d: int, h: int, w: int, codes: np.ndarray, seed: int) -> torch.Tensor:
@@ -192,3 +204,9 @@ def test_teacher_forced_count_matches_the_coder(trained_elsewhere):
         step = coded_bits(x, trained_elsewhere, 32, intra_period=4, independent=independent)
         forced = coded_bits(x, trained_elsewhere, 32, intra_period=4, independent=independent, teacher_forced=True)
         np.testing.assert_allclose(forced, step, rtol=1e-4)
+
+
+def test_depth_up_counts_only_for_residual_tokens_of_moderate_k():
+    assert AdaptiveMixer(FrameLayout(depth=2, height=2, width=2, vocab_size=1024)).pairs.shape == (2, 1024, 1024)
+    assert AdaptiveMixer(FrameLayout(depth=2, height=2, width=2, vocab_size=1025)).pairs is None  # D·K·K too large
+    assert AdaptiveMixer(FrameLayout(depth=1, height=2, width=2, vocab_size=16)).pairs is None  # single level

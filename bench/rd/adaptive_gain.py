@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--cache", default=None, help="token cache directory (default: the run's tokenizer.cache_dir)")
     ap.add_argument("--intra-period", type=int, default=32)
+    ap.add_argument("--max-clips", type=int, default=None, help="only the first N clips of the split")
+    ap.add_argument("--every", type=int, default=1, help="only every N-th clip of the split")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -39,7 +41,7 @@ def main() -> None:
     index = json.loads((cache / a.split / "index.json").read_text())
     k = ent.vocab_size
     clips = []
-    for entry, shard in zip(index["files"], index["shards"]):
+    for entry, shard in list(zip(index["files"], index["shards"]))[::a.every][:a.max_clips]:
         x = load_file(cache / a.split / shard)["tokens"].long()
         row = {"file": Path(entry["path"]).name, "tokens": list(x.shape)}
         for adaptive in (False, True):

@@ -5,7 +5,7 @@ follow their own distribution: a few hundred codes, used over and over, each nea
 model cannot learn that from training data, but the coder can count it as it goes. With adaptive mixing on
 (container flag bit 1, the default of `compress_tokens`), each token is coded with
 
-    p(x) = w[d, 0] · p_model(x) + w[d, 1] · p_seg(x) + w[d, 2] · p_near(x)
+    p(x) = w[d, 0] · p_model(x) + w[d, 1] · p_seg(x) + w[d, 2] · p_near(x) + w[d, 3] · p_up(x)
 
 where d is the token's residual depth and, counting only tokens already coded in this segment (the decoder knows
 exactly these, so both sides compute the same numbers):
@@ -14,6 +14,9 @@ exactly these, so both sides compute the same numbers):
 - p_near: a histogram of the depth-d tokens in the (2r+1) x (2r+1) window around the position, in the previous
   frame (the co-located token counted `center_weight` times) and among this frame's already revealed tokens,
   smoothed toward p_seg: (h(x) + s · p_seg(x)) / (sum h + s);
+- p_up:   residual VQ (D > 1, K <= 1024): how often each code followed the code one depth up at the same position in
+  this segment, (n_d(u, x) + s · p_seg(x)) / (n_d(u) + s) with u the token at depth d - 1 (p_seg at depth 0, when
+  that token is not yet revealed, or for larger K, where the D·K·K counts would not fit);
 - w[d]: per depth, the mixture weights that best explain the segment's tokens so far (online EM: after each coding
   step every expert is credited with its posterior responsibility for each token; credits decay by `decay` per
   step so the weights follow the clip), starting from `prior` and never below `floor`.
@@ -40,10 +43,11 @@ class AdaptiveParams:
     center_weight: float = 4.0  # the previous frame's co-located token counts this many times
     near_smoothing: float = 2.0  # s: pseudo-count of p_seg inside p_near
     unigram_prior: float = 0.5  # pseudo-count of every code in p_seg
-    prior: tuple[float, float, float] = (0.8, 0.1, 0.1)  # starting weights (model, segment unigram, window)
+    prior: tuple[float, ...] = (0.7, 0.1, 0.1, 0.1)  # starting weights (model, segment unigram, window, depth-up)
     prior_strength: float = 8.0  # the starting weights count as this many tokens
     decay: float = 0.98  # per coding step, on each depth's credits
     floor: float = 1e-3  # no expert's weight goes below this
+    max_pair_vocab: int = 1024  # p_up only up to this K
 
 
 ADAPTIVE_V1 = AdaptiveParams()
@@ -74,6 +78,7 @@ class AdaptiveMixer:
         self.counts = np.zeros((d, k), dtype=np.float64)
         self.credit = np.tile(np.asarray(params.prior, dtype=np.float64) * params.prior_strength, (d, 1))
         self.window, self.center = window_table(layout, params.radius)
+        self.pairs = np.zeros((d, k, k)) if d > 1 and k <= params.max_pair_vocab else None
         self.prev: np.ndarray | None = None
         self._pending: tuple | None = None
 
@@ -112,28 +117,40 @@ class AdaptiveMixer:
             wts.append(pw[valid])
         hist = np.bincount(np.concatenate(idx), weights=np.concatenate(wts), minlength=n * k).reshape(n, k)
         p_near = (hist + prm.near_smoothing * p_seg) / (hist.sum(axis=1, keepdims=True) + prm.near_smoothing)
-        w = self._weights()[depth]  # (n, 3)
-        experts = (p_model, p_seg, p_near)
-        p = w[:, 0:1] * p_model + w[:, 1:2] * p_seg + w[:, 2:3] * p_near
+        p_up, up = p_seg, None
+        if self.pairs is not None:
+            above = pos - self.layout.height * self.layout.width  # the same position one depth up
+            has = (depth > 0) & known[np.maximum(above, 0)]
+            up = np.where(has, tokens[np.maximum(above, 0)], -1)
+            if has.any():
+                rows = self.pairs[depth[has], up[has]]  # (m, K)
+                p_up = p_seg.copy()
+                p_up[has] = (rows + prm.near_smoothing * p_seg[has]) / (rows.sum(axis=1, keepdims=True)
+                                                                         + prm.near_smoothing)
+        w = self._weights()[depth]  # (n, 4)
+        experts = (p_model, p_seg, p_near, p_up)
+        p = w[:, 0:1] * p_model + w[:, 1:2] * p_seg + w[:, 2:3] * p_near + w[:, 3:4] * p_up
         p /= p.sum(axis=1, keepdims=True)
-        self._pending = (pos, depth, w, experts)
+        self._pending = (pos, depth, w, experts, up)
         return p
 
     def update(self, symbols: np.ndarray) -> None:
         """The step's coded symbols (n,), in the order of the `pos` given to `mix`."""
-        pos, depth, w, experts = self._pending
+        pos, depth, w, experts, up = self._pending
         self._pending = None
         sym = np.asarray(symbols, dtype=np.int64)
         rows = np.arange(len(sym))
-        px = np.stack([e[rows, sym] for e in experts], axis=1) * w  # (n, 3)
+        px = np.stack([e[rows, sym] for e in experts], axis=1) * w  # (n, 4)
         resp = px / px.sum(axis=1, keepdims=True)
-        d = self.layout.depth
+        d, k = self.layout.depth, self.layout.vocab_size
         present = np.bincount(depth, minlength=d) > 0
         self.credit[present] *= self.params.decay
-        for i in range(3):
+        for i in range(len(experts)):
             self.credit[:, i] += np.bincount(depth, weights=resp[:, i], minlength=d)
-        self.counts += np.bincount(depth * self.layout.vocab_size + sym,
-                                   minlength=d * self.layout.vocab_size).reshape(d, -1)
+        self.counts += np.bincount(depth * k + sym, minlength=d * k).reshape(d, -1)
+        if up is not None:
+            has = up >= 0
+            np.add.at(self.pairs, (depth[has], up[has], sym[has]), 1.0)
 
 
 __all__ = ["ADAPTIVE_V1", "AdaptiveMixer", "AdaptiveParams", "window_table"]
