@@ -64,13 +64,23 @@ for k, lv in levels.items():
 ORDER = [f"{q}-{k}" for k in (16384, 512) for q in ("fsq", "simvq", "lfq", "ema-restarts", "vq")]
 
 
-def case_config(name: str, steps: int) -> dict:
+# the f4, ch 64 networks the protocol can use (`--network`); every row of one run uses the same one
+NETWORKS: dict[str, dict] = {
+    # taming encoder/decoder: 3x3 convolutions at full, 1/2 and 1/4 resolution (about 2 s per step on one thread)
+    "taming": {"family": "taming", "ddconfig": {"ch": 64, "ch_mult": [1, 1, 2], "num_res_blocks": 1,
+                                                "attn_resolutions": [], "z_channels": 64, "resolution": 64,
+                                                "dropout": 0.0}},
+    # patch family: 4x4 space-to-depth, 1x1 convolutions to 64 channels, 2 gated residual blocks per side, all at the
+    # 16x16 token grid (models/patch.py; the quickstart's network at half its width)
+    "patch": {"family": "patch", "patch": {"factor": 4, "channels": 64, "num_blocks": 2}},
+}
+
+
+def case_config(name: str, steps: int, network: str = "taming") -> dict:
     quantizer, n_embed, embed_dim = CASES[name]
     return {
         "model": {
-            "family": "taming", "variant": "VQModel", "n_embed": n_embed, "embed_dim": embed_dim,
-            "ddconfig": {"ch": 64, "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [],
-                         "z_channels": 64, "resolution": 64, "dropout": 0.0},
+            **NETWORKS[network], "variant": "VQModel", "n_embed": n_embed, "embed_dim": embed_dim,
             "quantizer": {"beta": 0.25, **quantizer},
         },
         "loss": {"pixel_loss": "l1", "perceptual_weight": 0.0, "codebook_weight": 1.0, "use_gan": False},
@@ -81,24 +91,49 @@ def case_config(name: str, steps: int) -> dict:
     }
 
 
-def heldout_crops(scales: list[int], flips: bool = False):
-    """(N, 3, 64, 64) float in [-1, 1]: non-overlapping 64×64 crops of each held-out photo at each shorter side
-    (and of its mirror image with `flips`)."""
+# more real held-out photos (`--more-heldout`): never in vqforge's sample-photo training split (which uses only
+# skimage.data photos), shipped with an installed package (no download), licence stated
+MORE_HELDOUT: dict[str, str] = {
+    "grace_hopper": "matplotlib mpl-data/sample_data/grace_hopper.jpg (512x600): Commodore Grace M. Hopper, U.S. Navy "
+                    "photograph by James S. Davis (1984), a work of the U.S. federal government, public domain",
+}
+
+
+def heldout_photos(names: list[str] | tuple[str, ...] = ("sample",)) -> list:
+    """(H, W, 3) uint8 held-out photos: "sample" is the sample-photo split's held-out photos (coffee, chelsea), put
+    back together from the split's tiles; other names are MORE_HELDOUT photos."""
+    import numpy as np
+
+    photos = []
+    for name in names:
+        if name == "sample":
+            from vqforge.data.samples import VAL_TILES, sample_photo_split
+
+            _, val = sample_photo_split()
+            # the split cuts each held-out photo into VAL_TILES x VAL_TILES tiles: put every photo back together, so
+            # that the larger shorter sides (up to the photo's own) exist and the crops cover the full resolution
+            n = VAL_TILES * VAL_TILES
+            photos += [np.concatenate([np.concatenate(val[i + r * VAL_TILES:i + (r + 1) * VAL_TILES], axis=1)
+                                       for r in range(VAL_TILES)], axis=0) for i in range(0, len(val), n)]
+        elif name == "grace_hopper":
+            import matplotlib.cbook
+            from PIL import Image
+
+            with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as im:
+                photos.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        else:
+            raise ValueError(f"unknown held-out photo {name!r}: use 'sample' or one of {sorted(MORE_HELDOUT)}")
+    return photos
+
+
+def heldout_crops(scales: list[int], flips: bool = False, names: list[str] | tuple[str, ...] = ("sample",)):
+    """(N, 3, 64, 64) float in [-1, 1]: non-overlapping 64×64 crops of each held-out photo (`heldout_photos(names)`)
+    at each shorter side (and of its mirror image with `flips`)."""
     import torch
     import torch.nn.functional as F
 
-    import numpy as np
-
-    from vqforge.data.samples import VAL_TILES, sample_photo_split
-
-    _, val = sample_photo_split()
-    # the split cuts each held-out photo into VAL_TILES x VAL_TILES tiles: put every photo back together, so that the
-    # larger shorter sides (up to the photo's own) exist and the crops cover the photos' full resolution
-    n = VAL_TILES * VAL_TILES
-    photos = [np.concatenate([np.concatenate(val[i + r * VAL_TILES:i + (r + 1) * VAL_TILES], axis=1)
-                              for r in range(VAL_TILES)], axis=0) for i in range(0, len(val), n)]
     crops = []
-    for photo in photos:
+    for photo in heldout_photos(names):
         img = torch.from_numpy(photo.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H, W)
         h, w = img.shape[-2:]
         for s in scales:
@@ -112,6 +147,8 @@ def heldout_crops(scales: list[int], flips: bool = False):
             for top in range(0, size[0] - 63, 64):
                 for left in range(0, size[1] - 63, 64):
                     crops.extend(x[:, :, top:top + 64, left:left + 64])
+    if not crops:
+        return torch.zeros(0, 3, 64, 64)
     return torch.stack(crops)
 
 
@@ -141,15 +178,15 @@ class Case:
     Each case keeps its own copy of the process-global random states (torch, numpy, random), swapped in around its
     steps, so that cases trained in lockstep in one process are step for step the runs each would be alone."""
 
-    def __init__(self, name: str, steps: int, run_dir: Path):
+    def __init__(self, name: str, steps: int, run_dir: Path, network: str = "taming"):
         import torch
 
         torch.set_num_threads(1)
         from vqforge.config import parse_config
         from vqforge.train.build import build_run
 
-        self.name, self.steps = name, steps
-        self.run = build_run(parse_config(case_config(name, steps)), run_dir)
+        self.name, self.steps, self.network = name, steps, network
+        self.run = build_run(parse_config(case_config(name, steps, network)), run_dir)
         self.trainer = self.run.trainer
         self.rng = _rng_state()  # build_run has just seeded them: the state a lone run starts its steps from
         self.train_seconds = 0.0
@@ -169,9 +206,11 @@ class Case:
     def close(self) -> None:
         self.run.logger.close()
 
-    def measure(self, crops, extra) -> dict:
+    def measure(self, crops, extra, more=None) -> dict:
         """Held-out PSNR/SSIM/bpp on `crops`; usage, perplexity and dead codes over the tokens of `crops` and, when
-        K is more than a quarter of those, also of `extra` (encode only). The model's train/eval mode is restored."""
+        K is more than a quarter of those, also of `extra` (encode only). With `more` (crops of more held-out photos)
+        the same statistics again over all of those tokens plus the tokens of `more` (the `*_more` fields). The
+        model's train/eval mode is restored."""
         import torch
 
         from vqforge.eval.evaluator import evaluate
@@ -185,13 +224,20 @@ class Case:
         result = evaluate(model, batches)
         counts = result.usage_counts[0].clone().to(torch.int64)
         k = counts.numel()
-        if k > len(crops) * 256 // 4 and extra is not None and len(extra):
-            # tokens of the PSNR set alone are too few for K codes: count more held-out tokens (encode only)
+
+        def count(images):
+            out = torch.zeros(k, dtype=torch.int64)
             model.eval()
             with torch.no_grad():
-                for i in range(0, len(extra), 32):
-                    idx = model.encode(extra[i:i + 32])
-                    counts += torch.bincount(idx.reshape(-1), minlength=k)
+                for i in range(0, len(images), 32):
+                    idx = model.encode(images[i:i + 32])
+                    out += torch.bincount(idx.reshape(-1), minlength=k)
+            return out
+
+        if k > len(crops) * 256 // 4 and extra is not None and len(extra):
+            # tokens of the PSNR set alone are too few for K codes: count more held-out tokens (encode only)
+            counts += count(extra)
+        counts_more = counts + count(more) if more is not None and len(more) else None
         model.train(was_training)
         self.rng = _rng_state()
         self.eval_seconds += time.perf_counter() - t0
@@ -199,9 +245,17 @@ class Case:
         n = int(counts.sum())
         p = counts[counts > 0].double() / n
         entropy_bits = float(-(p * p.log2()).sum())
+        more_fields = {}
+        if counts_more is not None:
+            n_more = int(counts_more.sum())
+            p_more = counts_more[counts_more > 0].double() / n_more
+            bits_more = float(-(p_more * p_more.log2()).sum())
+            more_fields = {"usage_more": float((counts_more > 0).double().mean()),
+                           "used_more": int((counts_more > 0).sum()), "heldout_tokens_more": n_more,
+                           "perplexity_more": 2.0**bits_more, "usage_uniform_more": 1.0 - (1.0 - 1.0 / k) ** n_more}
         return {
             "name": self.name, "quantizer": self.name.rsplit("-", 1)[0], "K": k, "embed_dim": CASES[self.name][2],
-            "steps": self.steps, "step": self.step,
+            "network": self.network, "steps": self.steps, "step": self.step,
             "psnr": result.psnr, "ssim": result.ssim, "bpp": result.bpp, "psnr_crops": result.num_images,
             # usage over all counted held-out tokens (the PSNR crops plus, at large K, the extra encode-only tiles)
             "usage": float((counts > 0).double().mean()), "used": int((counts > 0).sum()),
@@ -209,22 +263,24 @@ class Case:
             "heldout_tokens": n, "usage_psnr_set": lvl.usage, "tokens_psnr_set": lvl.tokens,
             # what a code drawn uniformly at random would use on n tokens: 1 - (1 - 1/K)^n
             "usage_uniform": 1.0 - (1.0 - 1.0 / k) ** n,
-            "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+            "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds, **more_fields,
         }
 
 
 def run_cases(names: list[str], steps: int, scales: list[int], usage_scales: list[int], eval_at: list[int],
-              on_result, log_every: int = 50) -> None:
+              on_result, log_every: int = 50, network: str = "taming", more_heldout: list[str] | None = None) -> None:
     """Train `names` in lockstep (one step of each in turn, one thread) for `steps` steps; after each step in
     `eval_at` (and after the last) measure every case on the held-out crops and call on_result(row). A row's `step`
     is the step it was measured after and `steps` the length of its learning-rate schedule: an intermediate row is a
     model in the middle of its cosine schedule, not one trained for `step` steps alone."""
     crops = heldout_crops(scales)
     extra = heldout_crops(usage_scales) if usage_scales else None
+    # the more held-out photos: every crop at every scale of both lists, encode only (usage statistics)
+    more = heldout_crops(sorted(set(scales) | set(usage_scales)), names=more_heldout) if more_heldout else None
     checkpoints = sorted({s for s in eval_at if 0 < s < steps} | {steps})
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vqforge-quality-") as tmp:
-        cases = [Case(name, steps, Path(tmp) / name) for name in names]
+        cases = [Case(name, steps, Path(tmp) / name, network) for name in names]
         for step in range(1, steps + 1):
             for case in cases:
                 case.train_step()
@@ -234,7 +290,7 @@ def run_cases(names: list[str], steps: int, scales: list[int], usage_scales: lis
                       + f"; {(time.perf_counter() - t0) / 60:.1f} min, load {os.getloadavg()[0]:.1f}", flush=True)
             if step in checkpoints:
                 for case in cases:
-                    on_result(case.measure(crops, extra))
+                    on_result(case.measure(crops, extra, more))
         for case in cases:
             case.close()
 
@@ -242,12 +298,24 @@ def run_cases(names: list[str], steps: int, scales: list[int], usage_scales: lis
 def markdown(rows: list[dict]) -> str:
     head = ("| quantizer | K | code dim | held-out PSNR (dB) | SSIM | usage | used / K | held-out tokens N "
             "| uniform code on N | perplexity | bits/pixel |")
-    out = [head, "|" + "---|" * 11]
+    more = any("usage_more" in r for r in rows)
+    if more:
+        head += " usage, more held-out photos too | N there | uniform code on N there | perplexity there |"
+    out = [head, "|" + "---|" * (15 if more else 11)]
     for r in rows:
         out.append(f"| {r['quantizer']} | {r['K']:,} | {r['embed_dim']} | {r['psnr']:.2f} | {r['ssim']:.3f} "
                    f"| {100 * r['usage']:.1f}% | {r['used']:,} / {r['K']:,} | {r['heldout_tokens']:,} "
-                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} | {r['bpp']:.3f} |")
+                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} | {r['bpp']:.3f} |" + _more_cells(r, more))
     return "\n".join(out)
+
+
+def _more_cells(r: dict, more: bool) -> str:
+    if not more:
+        return ""
+    if "usage_more" not in r:
+        return " | | | |"
+    return (f" {100 * r['usage_more']:.1f}% | {r['heldout_tokens_more']:,} | {100 * r['usage_uniform_more']:.1f}% "
+            f"| {r['perplexity_more']:.0f} |")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -303,12 +371,16 @@ def plot_curve(points: list[dict], path: Path) -> None:
 
 def curve_markdown(points: list[dict]) -> str:
     """Usage and PSNR against the step each was measured after, one row per (quantizer, K, step)."""
-    out = ["| quantizer | K | step / schedule | held-out PSNR (dB) | usage | used / K | held-out tokens N "
-           "| uniform code on N | perplexity |", "|" + "---|" * 9]
+    more = any("usage_more" in r for r in points)
+    head = ("| quantizer | K | step / schedule | held-out PSNR (dB) | usage | used / K | held-out tokens N "
+            "| uniform code on N | perplexity |")
+    if more:
+        head += " usage, more held-out photos too | N there | uniform code on N there | perplexity there |"
+    out = [head, "|" + "---|" * (13 if more else 9)]
     for r in sorted(points, key=lambda r: (ORDER.index(r["name"]), r["step"])):
         out.append(f"| {r['quantizer']} | {r['K']:,} | {r['step']} / {r['steps']} | {r['psnr']:.2f} "
                    f"| {100 * r['usage']:.1f}% | {r['used']:,} / {r['K']:,} | {r['heldout_tokens']:,} "
-                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} |")
+                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} |" + _more_cells(r, more))
     return "\n".join(out)
 
 
@@ -323,6 +395,11 @@ def main() -> None:
                     help="shorter sides of the held-out photos for the PSNR/SSIM crops (no upsampling)")
     ap.add_argument("--usage-scales", type=int, nargs="*", default=list(range(136, 401, 24)),
                     help="more shorter sides whose crops are only encoded, to count usage at large K")
+    ap.add_argument("--network", choices=list(NETWORKS), default="taming",
+                    help="the f4, ch 64 network every row uses: taming encoder/decoder (the earlier runs) or the "
+                         "patch family (several times cheaper per step)")
+    ap.add_argument("--more-heldout", nargs="*", choices=list(MORE_HELDOUT), default=[],
+                    help="more real held-out photos: usage is then also reported over coffee, chelsea and these")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
     ap.add_argument("--only", nargs="+", choices=list(CASES), default=None)
     ap.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)  # internal: run one case, print JSON
@@ -330,7 +407,8 @@ def main() -> None:
 
     if args.case:
         run_cases([args.case], args.steps, args.scales, args.usage_scales, args.eval_at,
-                  lambda r: print("RESULT " + json.dumps(r), flush=True))
+                  lambda r: print("RESULT " + json.dumps(r), flush=True), network=args.network,
+                  more_heldout=args.more_heldout)
         return
 
     names = [n for n in ORDER if args.only is None or n in args.only]
@@ -342,7 +420,9 @@ def main() -> None:
 
     def write() -> list[dict]:
         rows = [results[n] for n in names if n in results]
-        meta = {"steps": args.steps, "jobs": args.jobs, "eval_at": args.eval_at, "scales": args.scales,
+        meta = {"steps": args.steps, "network": args.network, "network_config": NETWORKS[args.network],
+                "more_heldout": {n: MORE_HELDOUT[n] for n in args.more_heldout}, "jobs": args.jobs,
+                "eval_at": args.eval_at, "scales": args.scales,
                 "usage_scales": args.usage_scales, "configurations": names,
                 "wall_seconds": time.perf_counter() - t0, "load_average_start": load0,
                 "load_average_end": os.getloadavg(), "cpus": os.cpu_count(), "threads_per_run": 1}
@@ -364,7 +444,8 @@ def main() -> None:
         write()
 
     if args.jobs <= 1:
-        run_cases(names, args.steps, args.scales, args.usage_scales, args.eval_at, done)
+        run_cases(names, args.steps, args.scales, args.usage_scales, args.eval_at, done, network=args.network,
+                  more_heldout=args.more_heldout)
     else:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -375,7 +456,8 @@ def main() -> None:
                     name = pending.pop(0)
                     cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--scales",
                            *map(str, args.scales), "--usage-scales", *map(str, args.usage_scales),
-                           "--eval-at", *map(str, args.eval_at)]
+                           "--eval-at", *map(str, args.eval_at), "--network", args.network,
+                           "--more-heldout", *args.more_heldout]
                     log = open(Path(logs) / f"{name}.log", "w+")  # a file, not a pipe: a full pipe would block
                     running.append((name, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                                 text=True, env=env)))

@@ -1,0 +1,73 @@
+"""bench/quality.py: the `--network patch` protocol builds and trains, and the more-held-out photos are real and
+outside the training split."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("bench_quality", None)
+
+
+@pytest.mark.parametrize("name", ["fsq-16384", "lfq-16384", "simvq-512"])
+def test_patch_network_is_f4_ch64_and_trains(quality, tmp_path, name):
+    from vqforge.config import parse_config
+
+    cfg = parse_config(quality.case_config(name, 2, "patch"))
+    assert cfg.model.family == "patch"
+    assert (cfg.model.patch.factor, cfg.model.patch.channels) == (4, 64)
+    # the same quantizer section and code width as the taming network's row
+    taming = quality.case_config(name, 2, "taming")
+    assert quality.case_config(name, 2, "patch")["model"]["quantizer"] == taming["model"]["quantizer"]
+    assert taming["model"]["family"] == "taming" and taming["model"]["ddconfig"]["ch"] == 64
+
+    case = quality.Case(name, 2, tmp_path / name, "patch")
+    try:
+        before = [p.detach().clone() for p in case.trainer.model.parameters() if p.requires_grad]
+        case.train_step()
+        case.train_step()
+        assert case.step == 2
+        after = [p.detach() for p in case.trainer.model.parameters() if p.requires_grad]
+        assert any(not torch.equal(a, b) for a, b in zip(before, after))
+        crops = quality.heldout_crops([64])  # 2 photos x a few crops at shorter side 64
+        more = quality.heldout_crops([64], names=["grace_hopper"])
+        row = case.measure(crops, None, more)
+    finally:
+        case.close()
+    assert row["network"] == "patch" and row["step"] == 2
+    tokens = len(crops) * 16 * 16
+    assert row["heldout_tokens"] == tokens
+    assert row["heldout_tokens_more"] == tokens + len(more) * 16 * 16
+    assert row["used"] <= row["used_more"] <= row["K"]
+    assert row["usage_more"] == pytest.approx(row["used_more"] / row["K"])
+
+
+def test_more_heldout_photo_is_real_and_not_a_training_photo(quality):
+    from vqforge.data.samples import SAMPLE_PHOTOS_TRAIN, _load
+
+    (hopper,) = quality.heldout_photos(["grace_hopper"])
+    assert hopper.shape == (600, 512, 3) and hopper.dtype.name == "uint8"
+    assert hopper.std() > 20  # a photograph, not a blank
+    # not any training photo (none has its shape; compare pixels where one does)
+    for name in SAMPLE_PHOTOS_TRAIN:
+        train = _load()[name]
+        assert train.shape != hopper.shape or not (train == hopper).all()
+    # 64x64 crops at shorter side 128 and 512 (its own size; never upsampled beyond it)
+    crops = quality.heldout_crops([128, 512, 1024], names=["grace_hopper"])
+    assert crops.shape == ((150 // 64) * 2 + (600 // 64) * (512 // 64), 3, 64, 64)
+    assert crops.min() >= -1 and crops.max() <= 1
+    with pytest.raises(ValueError, match="grace_hopper"):
+        quality.heldout_photos(["lena"])
