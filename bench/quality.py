@@ -152,6 +152,15 @@ def heldout_crops(scales: list[int], flips: bool = False, names: list[str] | tup
     return torch.stack(crops)
 
 
+def chao1(counts) -> dict:
+    """f1, f2 (codes counted exactly once, twice) and Chao1 = S + f1²/(2 f2) (S + f1(f1 − 1)/2 when f2 = 0), capped at
+    K: an estimate of the number of codes in use in the distribution the counted tokens were drawn from."""
+    used = int((counts > 0).sum())
+    f1, f2 = int((counts == 1).sum()), int((counts == 2).sum())
+    est = used + (f1 * f1 / (2 * f2) if f2 > 0 else f1 * (f1 - 1) / 2)
+    return {"singletons": f1, "doubletons": f2, "chao1": min(float(est), float(counts.numel()))}
+
+
 def _rng_state() -> tuple:
     import random
 
@@ -178,14 +187,14 @@ class Case:
     Each case keeps its own copy of the process-global random states (torch, numpy, random), swapped in around its
     steps, so that cases trained in lockstep in one process are step for step the runs each would be alone."""
 
-    def __init__(self, name: str, steps: int, run_dir: Path, network: str = "taming"):
+    def __init__(self, name: str, steps: int, run_dir: Path, network: str = "taming", counts_dir: Path | None = None):
         import torch
 
         torch.set_num_threads(1)
         from vqforge.config import parse_config
         from vqforge.train.build import build_run
 
-        self.name, self.steps, self.network = name, steps, network
+        self.name, self.steps, self.network, self.counts_dir = name, steps, network, counts_dir
         self.run = build_run(parse_config(case_config(name, steps, network)), run_dir)
         self.trainer = self.run.trainer
         self.rng = _rng_state()  # build_run has just seeded them: the state a lone run starts its steps from
@@ -245,12 +254,21 @@ class Case:
         n = int(counts.sum())
         p = counts[counts > 0].double() / n
         entropy_bits = float(-(p * p.log2()).sum())
+        if self.counts_dir is not None:  # the per-code counts, for analysis after the run (marginals, singletons)
+            import numpy as np
+
+            self.counts_dir.mkdir(parents=True, exist_ok=True)
+            arrays = {"counts": counts.numpy().astype(np.int32)}
+            if counts_more is not None:
+                arrays["counts_more"] = counts_more.numpy().astype(np.int32)
+            np.savez_compressed(self.counts_dir / f"{self.name}-step{self.step}.npz", **arrays)
         more_fields = {}
         if counts_more is not None:
             n_more = int(counts_more.sum())
             p_more = counts_more[counts_more > 0].double() / n_more
             bits_more = float(-(p_more * p_more.log2()).sum())
             more_fields = {"usage_more": float((counts_more > 0).double().mean()),
+                           "chao1_more": chao1(counts_more)["chao1"],
                            "used_more": int((counts_more > 0).sum()), "heldout_tokens_more": n_more,
                            "perplexity_more": 2.0**bits_more, "usage_uniform_more": 1.0 - (1.0 - 1.0 / k) ** n_more}
         return {
@@ -263,12 +281,17 @@ class Case:
             "heldout_tokens": n, "usage_psnr_set": lvl.usage, "tokens_psnr_set": lvl.tokens,
             # what a code drawn uniformly at random would use on n tokens: 1 - (1 - 1/K)^n
             "usage_uniform": 1.0 - (1.0 - 1.0 / k) ** n,
+            # codes seen exactly once and twice, and Chao1's lower-bound estimate of how many codes the model would
+            # use on unlimited held-out tokens of this kind, S + f1²/(2 f2) (Chao 1984): if it is far above `used`,
+            # usage is limited by N, not by the model
+            **chao1(counts),
             "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds, **more_fields,
         }
 
 
 def run_cases(names: list[str], steps: int, scales: list[int], usage_scales: list[int], eval_at: list[int],
-              on_result, log_every: int = 50, network: str = "taming", more_heldout: list[str] | None = None) -> None:
+              on_result, log_every: int = 50, network: str = "taming", more_heldout: list[str] | None = None,
+              counts_dir: Path | None = None) -> None:
     """Train `names` in lockstep (one step of each in turn, one thread) for `steps` steps; after each step in
     `eval_at` (and after the last) measure every case on the held-out crops and call on_result(row). A row's `step`
     is the step it was measured after and `steps` the length of its learning-rate schedule: an intermediate row is a
@@ -280,7 +303,7 @@ def run_cases(names: list[str], steps: int, scales: list[int], usage_scales: lis
     checkpoints = sorted({s for s in eval_at if 0 < s < steps} | {steps})
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vqforge-quality-") as tmp:
-        cases = [Case(name, steps, Path(tmp) / name, network) for name in names]
+        cases = [Case(name, steps, Path(tmp) / name, network, counts_dir) for name in names]
         for step in range(1, steps + 1):
             for case in cases:
                 case.train_step()
@@ -297,16 +320,21 @@ def run_cases(names: list[str], steps: int, scales: list[int], usage_scales: lis
 
 def markdown(rows: list[dict]) -> str:
     head = ("| quantizer | K | code dim | held-out PSNR (dB) | SSIM | usage | used / K | held-out tokens N "
-            "| uniform code on N | perplexity | bits/pixel |")
+            "| uniform code on N | perplexity | Chao1 codes in use | bits/pixel |")
     more = any("usage_more" in r for r in rows)
     if more:
         head += " usage, more held-out photos too | N there | uniform code on N there | perplexity there |"
-    out = [head, "|" + "---|" * (15 if more else 11)]
+    out = [head, "|" + "---|" * (16 if more else 12)]
     for r in rows:
         out.append(f"| {r['quantizer']} | {r['K']:,} | {r['embed_dim']} | {r['psnr']:.2f} | {r['ssim']:.3f} "
                    f"| {100 * r['usage']:.1f}% | {r['used']:,} / {r['K']:,} | {r['heldout_tokens']:,} "
-                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} | {r['bpp']:.3f} |" + _more_cells(r, more))
+                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} | {_chao(r)} | {r['bpp']:.3f} |"
+                   + _more_cells(r, more))
     return "\n".join(out)
+
+
+def _chao(r: dict) -> str:
+    return f"{r['chao1']:,.0f}" if "chao1" in r else ""
 
 
 def _more_cells(r: dict, more: bool) -> str:
@@ -373,14 +401,14 @@ def curve_markdown(points: list[dict]) -> str:
     """Usage and PSNR against the step each was measured after, one row per (quantizer, K, step)."""
     more = any("usage_more" in r for r in points)
     head = ("| quantizer | K | step / schedule | held-out PSNR (dB) | usage | used / K | held-out tokens N "
-            "| uniform code on N | perplexity |")
+            "| uniform code on N | perplexity | Chao1 codes in use |")
     if more:
         head += " usage, more held-out photos too | N there | uniform code on N there | perplexity there |"
-    out = [head, "|" + "---|" * (13 if more else 9)]
+    out = [head, "|" + "---|" * (14 if more else 10)]
     for r in sorted(points, key=lambda r: (ORDER.index(r["name"]), r["step"])):
         out.append(f"| {r['quantizer']} | {r['K']:,} | {r['step']} / {r['steps']} | {r['psnr']:.2f} "
                    f"| {100 * r['usage']:.1f}% | {r['used']:,} / {r['K']:,} | {r['heldout_tokens']:,} "
-                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} |" + _more_cells(r, more))
+                   f"| {100 * r['usage_uniform']:.1f}% | {r['perplexity']:.0f} | {_chao(r)} |" + _more_cells(r, more))
     return "\n".join(out)
 
 
@@ -400,6 +428,8 @@ def main() -> None:
                          "patch family (several times cheaper per step)")
     ap.add_argument("--more-heldout", nargs="*", choices=list(MORE_HELDOUT), default=[],
                     help="more real held-out photos: usage is then also reported over coffee, chelsea and these")
+    ap.add_argument("--save-counts", action="store_true",
+                    help="also write each measurement's per-code held-out counts to OUT/counts/NAME-stepS.npz")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
     ap.add_argument("--only", nargs="+", choices=list(CASES), default=None)
     ap.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)  # internal: run one case, print JSON
@@ -408,7 +438,7 @@ def main() -> None:
     if args.case:
         run_cases([args.case], args.steps, args.scales, args.usage_scales, args.eval_at,
                   lambda r: print("RESULT " + json.dumps(r), flush=True), network=args.network,
-                  more_heldout=args.more_heldout)
+                  more_heldout=args.more_heldout, counts_dir=args.out / "counts" if args.save_counts else None)
         return
 
     names = [n for n in ORDER if args.only is None or n in args.only]
@@ -445,7 +475,7 @@ def main() -> None:
 
     if args.jobs <= 1:
         run_cases(names, args.steps, args.scales, args.usage_scales, args.eval_at, done, network=args.network,
-                  more_heldout=args.more_heldout)
+                  more_heldout=args.more_heldout, counts_dir=args.out / "counts" if args.save_counts else None)
     else:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -457,7 +487,9 @@ def main() -> None:
                     cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--scales",
                            *map(str, args.scales), "--usage-scales", *map(str, args.usage_scales),
                            "--eval-at", *map(str, args.eval_at), "--network", args.network,
-                           "--more-heldout", *args.more_heldout]
+                           "--more-heldout", *args.more_heldout, "--out", str(args.out)]
+                    if args.save_counts:
+                        cmd.append("--save-counts")
                     log = open(Path(logs) / f"{name}.log", "w+")  # a file, not a pipe: a full pipe would block
                     running.append((name, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                                 text=True, env=env)))

@@ -71,3 +71,12 @@ def test_more_heldout_photo_is_real_and_not_a_training_photo(quality):
     assert crops.min() >= -1 and crops.max() <= 1
     with pytest.raises(ValueError, match="grace_hopper"):
         quality.heldout_photos(["lena"])
+
+
+def test_chao1_counts_singletons_and_caps_at_k(quality):
+    counts = torch.tensor([3, 1, 1, 2, 0, 0])
+    est = quality.chao1(counts)
+    assert (est["singletons"], est["doubletons"]) == (2, 1)
+    assert est["chao1"] == 4 + 2 * 2 / (2 * 1)  # S + f1²/(2 f2)
+    assert quality.chao1(torch.tensor([1, 1, 1, 0, 0]))["chao1"] == 5  # f2 = 0: S + f1(f1-1)/2 = 6, capped at K
+    assert quality.chao1(torch.tensor([5, 4, 0]))["chao1"] == 2  # no singletons: every code in use has been seen
