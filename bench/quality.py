@@ -76,8 +76,13 @@ NETWORKS: dict[str, dict] = {
 }
 
 
+# experiments only (`--override`, recorded in the JSON's meta): model.quantizer keys set on every row of a run
+OVERRIDE: dict = {}
+
+
 def case_config(name: str, steps: int, network: str = "taming") -> dict:
     quantizer, n_embed, embed_dim = CASES[name]
+    quantizer = {**quantizer, **{k: v for k, v in OVERRIDE.items() if k.split("_")[0] in (quantizer["type"], "beta")}}
     return {
         "model": {
             **NETWORKS[network], "variant": "VQModel", "n_embed": n_embed, "embed_dim": embed_dim,
@@ -428,12 +433,16 @@ def main() -> None:
                          "patch family (several times cheaper per step)")
     ap.add_argument("--more-heldout", nargs="*", choices=list(MORE_HELDOUT), default=[],
                     help="more real held-out photos: usage is then also reported over coffee, chelsea and these")
+    ap.add_argument("--override", type=json.loads, default={},
+                    help="experiments: JSON of model.quantizer keys for the rows whose type prefixes the key (e.g. "
+                         "'{\"lfq_entropy_groups\": 1}'); not part of the protocol")
     ap.add_argument("--save-counts", action="store_true",
                     help="also write each measurement's per-code held-out counts to OUT/counts/NAME-stepS.npz")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
     ap.add_argument("--only", nargs="+", choices=list(CASES), default=None)
     ap.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = ap.parse_args()
+    OVERRIDE.update(args.override)
 
     if args.case:
         run_cases([args.case], args.steps, args.scales, args.usage_scales, args.eval_at,
@@ -451,7 +460,8 @@ def main() -> None:
     def write() -> list[dict]:
         rows = [results[n] for n in names if n in results]
         meta = {"steps": args.steps, "network": args.network, "network_config": NETWORKS[args.network],
-                "more_heldout": {n: MORE_HELDOUT[n] for n in args.more_heldout}, "jobs": args.jobs,
+                "more_heldout": {n: MORE_HELDOUT[n] for n in args.more_heldout}, "override": args.override,
+                "jobs": args.jobs,
                 "eval_at": args.eval_at, "scales": args.scales,
                 "usage_scales": args.usage_scales, "configurations": names,
                 "wall_seconds": time.perf_counter() - t0, "load_average_start": load0,
@@ -487,7 +497,8 @@ def main() -> None:
                     cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--scales",
                            *map(str, args.scales), "--usage-scales", *map(str, args.usage_scales),
                            "--eval-at", *map(str, args.eval_at), "--network", args.network,
-                           "--more-heldout", *args.more_heldout, "--out", str(args.out)]
+                           "--more-heldout", *args.more_heldout, "--out", str(args.out),
+                           "--override", json.dumps(args.override)]
                     if args.save_counts:
                         cmd.append("--save-counts")
                     log = open(Path(logs) / f"{name}.log", "w+")  # a file, not a pipe: a full pipe would block

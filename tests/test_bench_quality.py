@@ -80,3 +80,10 @@ def test_chao1_counts_singletons_and_caps_at_k(quality):
     assert est["chao1"] == 4 + 2 * 2 / (2 * 1)  # S + f1²/(2 f2)
     assert quality.chao1(torch.tensor([1, 1, 1, 0, 0]))["chao1"] == 5  # f2 = 0: S + f1(f1-1)/2 = 6, capped at K
     assert quality.chao1(torch.tensor([5, 4, 0]))["chao1"] == 2  # no singletons: every code in use has been seen
+
+
+def test_override_reaches_only_the_rows_of_its_quantizer(quality, monkeypatch):
+    monkeypatch.setattr(quality, "OVERRIDE", {"lfq_entropy_groups": 1, "lfq_batch_entropy_weight": 0.3})
+    assert quality.case_config("lfq-16384", 2, "patch")["model"]["quantizer"]["lfq_entropy_groups"] == 1
+    assert quality.case_config("lfq-16384", 2, "patch")["model"]["quantizer"]["lfq_batch_entropy_weight"] == 0.3
+    assert "lfq_entropy_groups" not in quality.case_config("fsq-16384", 2, "patch")["model"]["quantizer"]
