@@ -368,12 +368,20 @@ def plot(rows: list[dict], path: Path) -> None:
                 vals.append(100 * match[0][key] if match and key == "usage" else (match[0][key] if match else 0.0))
             xs = [i + (j - 0.5) * width for i in range(len(quantizers))]
             ax.bar(xs, vals, width=width, label="K >= 16,384" if big else "K ~ 512")
+            if key == "usage":  # usage over the held-out tokens of the more held-out photos too
+                more = [(x, 100 * m[0]["usage_more"]) for x, q in zip(xs, quantizers)
+                        for m in [[r for r in rows if r["quantizer"] == q and (r["K"] >= 16384) == big]]
+                        if m and "usage_more" in m[0]]
+                if more:
+                    ax.scatter([x for x, _ in more], [v for _, v in more], color="black", marker="_", s=200,
+                               zorder=3, label="with the more held-out photos" if big else None)
         ax.set_xticks(range(len(quantizers)))
         ax.set_xticklabels(quantizers, rotation=20)
         ax.set_title(label)
         if key == "usage":
             ax.set_ylim(0, 105)
             ax.set_ylabel("% of codes used")
+            ax.axhline(98, color="grey", linestyle=":", linewidth=1)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -417,6 +425,28 @@ def curve_markdown(points: list[dict]) -> str:
     return "\n".join(out)
 
 
+def merge(folders: list[Path], out: Path) -> None:
+    """One table, curve table and plots in `out` from several runs' quality.json (each run's meta kept)."""
+    rows, points, metas = [], [], []
+    for folder in folders:
+        data = json.loads((folder / "quality.json").read_text())
+        rows += data["rows"]
+        points += data["curve"]
+        metas.append({"folder": str(folder), **data["meta"]})
+    rows.sort(key=lambda r: ORDER.index(r["name"]))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps({"meta": {"merged": metas}, "rows": rows, "curve": points},
+                                                 indent=2) + "\n")
+    text = markdown(rows) + "\n"
+    if len({p["step"] for p in points}) > 1:
+        text += "\nUsage against training steps:\n\n" + curve_markdown(points) + "\n"
+    (out / "quality.md").write_text(text)
+    plot(rows, out / "quality.png")
+    if len({p["step"] for p in points}) > 1:
+        plot_curve(points, out / "quality_curve.png")
+    print(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
@@ -436,6 +466,9 @@ def main() -> None:
     ap.add_argument("--override", type=json.loads, default={},
                     help="experiments: JSON of model.quantizer keys for the rows whose type prefixes the key (e.g. "
                          "'{\"lfq_entropy_groups\": 1}'); not part of the protocol")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="train nothing: merge the rows and curves of these result folders' quality.json into OUT "
+                         "(one table, curve table and plots)")
     ap.add_argument("--save-counts", action="store_true",
                     help="also write each measurement's per-code held-out counts to OUT/counts/NAME-stepS.npz")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
@@ -448,6 +481,10 @@ def main() -> None:
         run_cases([args.case], args.steps, args.scales, args.usage_scales, args.eval_at,
                   lambda r: print("RESULT " + json.dumps(r), flush=True), network=args.network,
                   more_heldout=args.more_heldout, counts_dir=args.out / "counts" if args.save_counts else None)
+        return
+
+    if args.merge:
+        merge(args.merge, args.out)
         return
 
     names = [n for n in ORDER if args.only is None or n in args.only]
