@@ -87,3 +87,23 @@ def test_override_reaches_only_the_rows_of_its_quantizer(quality, monkeypatch):
     assert quality.case_config("lfq-16384", 2, "patch")["model"]["quantizer"]["lfq_entropy_groups"] == 1
     assert quality.case_config("lfq-16384", 2, "patch")["model"]["quantizer"]["lfq_batch_entropy_weight"] == 0.3
     assert "lfq_entropy_groups" not in quality.case_config("fsq-16384", 2, "patch")["model"]["quantizer"]
+
+
+def test_counts_analysis_recovers_channel_distributions(tmp_path):
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("bench_quality_counts", REPO / "bench" / "quality_counts.py")
+    qc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qc)
+    # FSQ [8, 8, 8]: channel 0 (least significant digit) always level 2, channel 1 uniform, channel 2 levels 0/1 only
+    counts = np.zeros((8, 8, 8), dtype=np.int32)  # axes: channel 2, channel 1, channel 0
+    counts[:2, :, 2] = 10
+    np.savez_compressed(tmp_path / "fsq-512-step5.npz", counts=counts.reshape(-1))
+    text = qc.analyse(tmp_path / "fsq-512-step5.npz")
+    assert "usage 3.1%" in text  # 16 of 512 codes
+    ch0, ch1, ch2 = text.split("(channel 0 first): ")[1].split("\n")[0].split(" | ")
+    assert ch0.split() == ["0.00", "0.00", "1.00"] + ["0.00"] * 5
+    assert ch1.split() == [f"{1 / 8:.2f}"] * 8
+    assert ch2.split()[:2] == ["0.50", "0.50"] and ch2.split()[2:] == ["0.00"] * 6
+    # the channels are independent here: the product of the marginals is the joint (16 codes of probability 1/16)
+    assert "independent with these distributions: usage 3.1%, perplexity 16" in text
