@@ -78,6 +78,7 @@ NETWORKS: dict[str, dict] = {
 
 # experiments only (`--override`, recorded in the JSON's meta): model.quantizer keys set on every row of a run
 OVERRIDE: dict = {}
+BATCH_SIZE = [4]  # the protocol's batch; `--batch-size` (a diagnostic, recorded in meta) changes it for every row
 
 
 def case_config(name: str, steps: int, network: str = "taming") -> dict:
@@ -89,7 +90,8 @@ def case_config(name: str, steps: int, network: str = "taming") -> dict:
             "quantizer": {"beta": 0.25, **quantizer},
         },
         "loss": {"pixel_loss": "l1", "perceptual_weight": 0.0, "codebook_weight": 1.0, "use_gan": False},
-        "data": {"source": "sample_photos", "resolution": 64, "resize": 128, "hflip": True, "batch_size": 4},
+        "data": {"source": "sample_photos", "resolution": 64, "resize": 128, "hflip": True,
+                 "batch_size": BATCH_SIZE[0]},
         "train": {"num_steps": steps, "lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 5, "min_lr": 1e-4,
                   "save_interval": 10**6, "validation_interval": 10**6, "seed": 0},
         "log": {"every": 10**6, "tensorboard": False, "progress": False},
@@ -469,6 +471,8 @@ def main() -> None:
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="train nothing: merge the rows and curves of these result folders' quality.json into OUT "
                          "(one table, curve table and plots)")
+    ap.add_argument("--batch-size", type=int, default=4,
+                    help="training batch of every row (the protocol's is 4; other values are diagnostics)")
     ap.add_argument("--save-counts", action="store_true",
                     help="also write each measurement's per-code held-out counts to OUT/counts/NAME-stepS.npz")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality")
@@ -476,6 +480,7 @@ def main() -> None:
     ap.add_argument("--case", choices=list(CASES), help=argparse.SUPPRESS)  # internal: run one case, print JSON
     args = ap.parse_args()
     OVERRIDE.update(args.override)
+    BATCH_SIZE[0] = args.batch_size
 
     if args.case:
         run_cases([args.case], args.steps, args.scales, args.usage_scales, args.eval_at,
@@ -498,6 +503,7 @@ def main() -> None:
         rows = [results[n] for n in names if n in results]
         meta = {"steps": args.steps, "network": args.network, "network_config": NETWORKS[args.network],
                 "more_heldout": {n: MORE_HELDOUT[n] for n in args.more_heldout}, "override": args.override,
+                "batch_size": args.batch_size,
                 "jobs": args.jobs,
                 "eval_at": args.eval_at, "scales": args.scales,
                 "usage_scales": args.usage_scales, "configurations": names,
@@ -535,7 +541,7 @@ def main() -> None:
                            *map(str, args.scales), "--usage-scales", *map(str, args.usage_scales),
                            "--eval-at", *map(str, args.eval_at), "--network", args.network,
                            "--more-heldout", *args.more_heldout, "--out", str(args.out),
-                           "--override", json.dumps(args.override)]
+                           "--override", json.dumps(args.override), "--batch-size", str(args.batch_size)]
                     if args.save_counts:
                         cmd.append("--save-counts")
                     log = open(Path(logs) / f"{name}.log", "w+")  # a file, not a pipe: a full pipe would block
