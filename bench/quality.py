@@ -160,8 +160,8 @@ def heldout_crops(scales: list[int], flips: bool = False, names: list[str] | tup
 
 
 def chao1(counts) -> dict:
-    """f1, f2 (codes counted exactly once, twice) and Chao1 = S + f1²/(2 f2) (S + f1(f1 − 1)/2 when f2 = 0), capped at
-    K: an estimate of the number of codes in use in the distribution the counted tokens were drawn from."""
+    """f1, f2 (codes counted exactly once, twice) and Chao1 = S + f1²/(2 f2) (S + f1(f1 − 1)/2 when f2 = 0),
+    capped at K: an estimate of the number of codes in use in the distribution the counted tokens were drawn from."""
     used = int((counts > 0).sum())
     f1, f2 = int((counts == 1).sum()), int((counts == 2).sum())
     est = used + (f1 * f1 / (2 * f2) if f2 > 0 else f1 * (f1 - 1) / 2)

@@ -63,7 +63,8 @@ def analyse(path: Path) -> str:
             line += "\n    P(bit = 1), bit 0 first: " + " ".join(f"{m[1]:.2f}" for m in marginals)
         if marginals is not None:
             u, ppl = _independent(marginals[::-1], n)
-            line += f"\n    if the channels were independent with these distributions: usage {100 * u:.1f}%, perplexity {ppl:.0f}"
+            line += (f"\n    if the channels were independent with these distributions: usage {100 * u:.1f}%, "
+                     f"perplexity {ppl:.0f}")
         out.append(line)
     return "\n".join(out)
 
