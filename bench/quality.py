@@ -3,9 +3,12 @@
 Protocol, identical for every row:
 - data: the sample photos (`data.source: sample_photos`): the 10 training photos, shorter side resized to 128, random
   64×64 crops with horizontal flips, batch 4, the trainer's own stream;
-- network: taming-family encoder/decoder, f4 (ch_mult [1, 1, 2]), ch 64, one res block per level, no attention,
-  z_channels 64; only the quantizer (and the width of the 1x1 quant_conv/post_quant_conv around it, i.e. the code
-  dimension each quantizer works in) differs;
+- network (`--network`, the same for every row of a run), f4, ch 64: `taming` (the default, the earlier runs): the
+  taming-family encoder/decoder, ch_mult [1, 1, 2], one res block per level, no attention, z_channels 64, about 2 s
+  per step on one CPU thread; `patch`: the patch family (models/patch.py), factor 4, 64 channels, 2 gated residual
+  blocks per side, all at the 16×16 token grid, 0.07–0.4 s per step, so that thousands of steps fit. Only the
+  quantizer (and the width of the 1x1 quant_conv/post_quant_conv around it, i.e. the code dimension each quantizer
+  works in) differs;
 - training: vqforge's own `Trainer.train_step()` (built by `build_run`), L1 pixel loss + codebook loss, no GAN, no
   LPIPS, Adam (betas 0.5, 0.9), lr 1e-3 with 5 warm-up steps and a cosine decay to 1e-4, `--steps` steps, seed 0;
 - evaluation on the two held-out photos (coffee, chelsea), never seen in training: at 64×64 f4 one crop is 256
@@ -16,7 +19,12 @@ Protocol, identical for every row:
   and, when K is more than a quarter of them, also over the (encode-only) crops at the shorter sides
   `--usage-scales`: other pixel grids of the same two photos, so that the held-out token count N is many times K.
   Each row reports N and what a code drawn uniformly at random would use on N tokens, 1 − (1 − 1/K)^N: usage
-  cannot be judged against 100% when N is not far above K.
+  cannot be judged against 100% when N is not far above K, and Chao1 (an estimate of the codes in use in the
+  distribution the held-out tokens come from). `--more-heldout grace_hopper` adds a third real held-out photo
+  (MORE_HELDOUT: outside the training split, shipped with matplotlib, public domain): usage, N and perplexity are then
+  also reported over all three photos' tokens (every crop at every scale of both lists), next to the two-photo
+  numbers. `--save-counts` keeps each measurement's per-code counts (OUT/counts/*.npz) for
+  `bench/quality_counts.py`.
 
 By default (`--jobs 1`) the configurations train in lockstep in this process with one thread: one step of each in
 turn, each with its own copy of the global random states, so that every run is step for step the run it would be
@@ -28,8 +36,13 @@ measured; at the end the table is printed (markdown) and plotted (usage and PSNR
 sizes). K >= 16,384 comes first: that is where the quantizers differ.
 
     PYTHONPATH=src python bench/quality.py [--steps 30] [--jobs 1] [--eval-at 150 400] [--out bench/results/quality]
+                                           [--network taming|patch] [--more-heldout grace_hopper] [--save-counts]
                                            [--scales 128 256 400] [--usage-scales 136 160 ... 400]
                                            [--only fsq-16384 lfq-512 ...]
+    PYTHONPATH=src python bench/quality.py --merge DIR1 DIR2 --out DIR     (one table and plot from several runs)
+
+Diagnostics outside the protocol (recorded in the JSON's meta): `--override '{"lfq_entropy_groups": 1}'` sets
+model.quantizer keys on the rows of the quantizer they name, `--batch-size` changes every row's batch.
 """
 
 from __future__ import annotations
