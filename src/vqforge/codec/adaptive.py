@@ -116,40 +116,52 @@ class AdaptiveMixer:
             idx.append(rows[valid] * k + self.prev[safe][valid])
             wts.append(pw[valid])
         hist = np.bincount(np.concatenate(idx), weights=np.concatenate(wts), minlength=n * k).reshape(n, k)
-        p_near = (hist + prm.near_smoothing * p_seg) / (hist.sum(axis=1, keepdims=True) + prm.near_smoothing)
-        p_up, up = p_seg, None
-        if self.pairs is not None:
-            above = pos - self.layout.height * self.layout.width  # the same position one depth up
-            has = (depth > 0) & known[np.maximum(above, 0)]
-            up = np.where(has, tokens[np.maximum(above, 0)], -1)
-            if has.any():
-                rows = self.pairs[depth[has], up[has]]  # (m, K)
-                p_up = p_seg.copy()
-                p_up[has] = (rows + prm.near_smoothing * p_seg[has]) / (rows.sum(axis=1, keepdims=True)
-                                                                         + prm.near_smoothing)
+        sm = prm.near_smoothing
+        near_den = hist.sum(axis=1) + sm  # (n,)
         w = self._weights()[depth]  # (n, 4)
-        experts = (p_model, p_seg, p_near, p_up)
-        p = w[:, 0:1] * p_model + w[:, 1:2] * p_seg + w[:, 2:3] * p_near + w[:, 3:4] * p_up
+        # p_near and p_up are (counts + sm · p_seg) / den: their p_seg parts are folded into one coefficient, so the
+        # mixture costs a few passes over (n, K) however many sources share p_seg
+        c_seg = w[:, 1] + w[:, 2] * sm / near_den
+        up = has = up_rows = up_den = None
+        if self.pairs is not None:
+            above = np.maximum(pos - self.layout.height * self.layout.width, 0)  # the same position one depth up
+            has = (depth > 0) & known[above]
+            up = np.where(has, tokens[above], -1)
+            up_rows = self.pairs[depth[has], up[has]]  # (m, K)
+            up_den = up_rows.sum(axis=1) + sm
+            c_seg += w[:, 3]
+            c_seg[has] -= w[has, 3] * (1.0 - sm / up_den)
+        else:
+            c_seg += w[:, 3]  # p_up is p_seg
+        p = p_model * w[:, 0:1]
+        p += p_seg * c_seg[:, None]
+        p += hist * (w[:, 2] / near_den)[:, None]
+        if up_rows is not None and len(up_rows):
+            p[has] += up_rows * (w[has, 3] / up_den)[:, None]
         p /= p.sum(axis=1, keepdims=True)
-        self._pending = (pos, depth, w, experts, up)
+        self._pending = (depth, w, p_model, p_seg, hist, near_den, has, up, up_rows, up_den)
         return p
 
     def update(self, symbols: np.ndarray) -> None:
         """The step's coded symbols (n,), in the order of the `pos` given to `mix`."""
-        pos, depth, w, experts, up = self._pending
+        depth, w, p_model, p_seg, hist, near_den, has, up, up_rows, up_den = self._pending
         self._pending = None
+        sm = self.params.near_smoothing
         sym = np.asarray(symbols, dtype=np.int64)
         rows = np.arange(len(sym))
-        px = np.stack([e[rows, sym] for e in experts], axis=1) * w  # (n, 4)
+        seg_x = p_seg[rows, sym]
+        up_x = seg_x.copy()
+        if up_rows is not None and len(up_rows):
+            up_x[has] = (up_rows[np.arange(len(up_rows)), sym[has]] + sm * seg_x[has]) / up_den
+        px = np.stack([p_model[rows, sym], seg_x, (hist[rows, sym] + sm * seg_x) / near_den, up_x], axis=1) * w
         resp = px / px.sum(axis=1, keepdims=True)
         d, k = self.layout.depth, self.layout.vocab_size
         present = np.bincount(depth, minlength=d) > 0
         self.credit[present] *= self.params.decay
-        for i in range(len(experts)):
+        for i in range(4):
             self.credit[:, i] += np.bincount(depth, weights=resp[:, i], minlength=d)
         self.counts += np.bincount(depth * k + sym, minlength=d * k).reshape(d, -1)
         if up is not None:
-            has = up >= 0
             np.add.at(self.pairs, (depth[has], up[has], sym[has]), 1.0)
 
 
