@@ -224,8 +224,9 @@ def compress_tokens(tokens: torch.Tensor | np.ndarray, entropy_model: EntropyMod
     payloads, bits = [], 0.0
     for s in range(header.num_segments):
         enc = constriction.stream.queue.RangeEncoder()
-        cost = _code_segment(x[header.segment_frames(s).start:header.segment_frames(s).stop], entropy_model, layout,
-                             steps, device, independent, adaptive, enc, fam)
+        frames = header.segment_frames(s)
+        cost = _code_segment(x[frames.start:frames.stop], entropy_model, layout, steps, device, independent, adaptive,
+                             enc, fam)
         bits += float(cost.sum())
         payloads.append(enc.get_compressed().astype("<u4").tobytes())
     data = pack(header, payloads)
