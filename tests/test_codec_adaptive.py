@@ -210,3 +210,10 @@ def test_depth_up_counts_only_for_residual_tokens_of_moderate_k():
     assert AdaptiveMixer(FrameLayout(depth=2, height=2, width=2, vocab_size=1024)).pairs.shape == (2, 1024, 1024)
     assert AdaptiveMixer(FrameLayout(depth=2, height=2, width=2, vocab_size=1025)).pairs is None  # D·K·K too large
     assert AdaptiveMixer(FrameLayout(depth=1, height=2, width=2, vocab_size=16)).pairs is None  # single level
+
+
+def test_coded_bits_refuses_a_bad_intra_period(trained_elsewhere):
+    from vqforge.codec import coded_bits
+
+    with pytest.raises(CodecError, match="intra period must be >= 1"):
+        coded_bits(_clip(2, 2, 8, 8, np.arange(16), seed=10), trained_elsewhere, 32, intra_period=0)

@@ -111,6 +111,9 @@ def test_train_writes_a_model_the_codec_loads_and_reports_bits(assets, tmp_path,
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["bits_per_token"] == pytest.approx(last["bits_per_token"], rel=1e-9)
     assert m["coded_bits_per_token"] == pytest.approx(last["coded_bits_per_token"], rel=1e-9)
+    capsys.readouterr()
+    assert main(["entropy", "eval", str(run), "--data", str(assets / "val"), "--intra-period", "-1"]) == 2
+    assert "--intra-period" in capsys.readouterr().err
     assert m["decode_seconds_per_frame"] > 0
 
 

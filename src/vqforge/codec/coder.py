@@ -108,6 +108,11 @@ def _model_device(model: EntropyModel) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _check_intra_period(intra_period: int) -> None:
+    if intra_period < 1:
+        raise CodecError(f"intra period must be >= 1, got {intra_period}\n  fix: use e.g. {DEFAULT_INTRA_PERIOD}")
+
+
 def _check_vocab(model: EntropyModel, k: int) -> None:
     mk = getattr(model, "vocab_size", None)
     if mk is not None and int(mk) != k:
@@ -178,6 +183,7 @@ def coded_bits(tokens: torch.Tensor | np.ndarray, entropy_model: EntropyModel, v
     logits to float tolerance."""
     x = _as_tokens(tokens)
     t, d, h, w = x.shape
+    _check_intra_period(intra_period)
     layout = FrameLayout(depth=d, height=h, width=w, vocab_size=vocab_size)
     _check_vocab(entropy_model, vocab_size)
     steps = _checked_schedule(entropy_model, layout)
@@ -202,8 +208,7 @@ def compress_tokens(tokens: torch.Tensor | np.ndarray, entropy_model: EntropyMod
     t, d, h, w = x.shape
     if len(tokenizer_hash) != 32:
         raise ValueError("tokenizer_hash must be 32 bytes (a SHA-256 digest)")
-    if intra_period < 1:
-        raise CodecError(f"intra period must be >= 1, got {intra_period}\n  fix: use e.g. {DEFAULT_INTRA_PERIOD}")
+    _check_intra_period(intra_period)
     if int(x.min()) < 0 or int(x.max()) >= vocab_size:
         raise CodecError(f"tokens must lie in 0..{vocab_size - 1}, found {int(x.min())}..{int(x.max())}\n"
                          "  fix: pass the indices of the tokenizer whose codebook size you gave")

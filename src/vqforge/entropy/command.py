@@ -86,6 +86,9 @@ def eval_main(args) -> int:
     from .tokens import cached_tokens, load_tokenizer, windows
     from .trainer import measure, measure_coded
 
+    if args.intra_period < 0:
+        raise ConfigError("--intra-period", f"must be >= 0, got {args.intra_period}",
+                          "use e.g. 32 (0 skips the coded rate)")
     model, meta = load_entropy_model(args.model)
     tok_path = args.tokenizer or meta.get("tokenizer")
     if not tok_path or not Path(tok_path).exists():
